@@ -1,0 +1,71 @@
+"""One error taxonomy for everything that can go wrong talking to the backend or with input.
+
+Every error carries `user_message`: a short, specific, actionable line safe to show in a chat.
+"""
+
+from __future__ import annotations
+
+
+class EmberBotError(Exception):
+    """Base class. `str(error)` is the user-facing message."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class UserInputError(EmberBotError):
+    """The user's command or arguments were invalid; nothing was changed."""
+
+
+class BackendError(EmberBotError):
+    """The Ember backend could not serve the request."""
+
+
+class RateLimitedError(BackendError):
+    def __init__(self, retry_after: float | None = None) -> None:
+        wait = f" in {max(1, round(retry_after))} s" if retry_after else " in a few seconds"
+        super().__init__(f"The model backend is rate limited — try again{wait}.")
+        self.retry_after = retry_after
+
+
+class BackendUnavailableError(BackendError):
+    def __init__(self, detail: str = "") -> None:
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"The model backend is unavailable right now{suffix}. Try again shortly.")
+
+
+class UnauthorizedError(BackendError):
+    def __init__(self) -> None:
+        super().__init__(
+            "The model backend rejected our API key. Check GOODFIRE_API_KEY "
+            "(and GOODFIRE_BASE_URL)."
+        )
+
+
+class OutOfCreditsError(BackendError):
+    def __init__(self) -> None:
+        super().__init__("The model backend account is out of credits.")
+
+
+class InvalidRequestError(BackendError):
+    """The backend refused the request; `detail` is the server's own message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"The model backend refused the request: {detail}")
+        self.detail = detail
+
+
+class NotFoundError(BackendError):
+    def __init__(self, detail: str = "not found") -> None:
+        super().__init__(f"The model backend could not find that: {detail}")
+
+
+class GenerationAbortedError(BackendError):
+    def __init__(self, reason: str = "a guard condition fired") -> None:
+        super().__init__(f"Generation stopped: {reason}.")
+
+
+class BackendTimeoutError(BackendError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The model backend did not answer within {seconds:g} s. Try again.")

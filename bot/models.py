@@ -1,0 +1,59 @@
+"""Platform-neutral value types shared by the service, the gateway and storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """One SAE feature. `index_in_sae` is its identity; `label` is for display only."""
+
+    index_in_sae: int
+    label: str
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class FeatureEdit:
+    """A nudge of `value` (in [-1, 1]) on one feature."""
+
+    feature: FeatureRef
+    value: float
+
+
+@dataclass(frozen=True)
+class FeatureActivation:
+    """How strongly a feature fired over a stretch of conversation."""
+
+    feature: FeatureRef
+    activation: float
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+    def as_wire(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int | None = None  # None: the gateway picks a fresh seed per request
+
+
+@dataclass
+class VariantState:
+    """A named variant as we store it: edits keyed by index_in_sae."""
+
+    name: str
+    base_model: str
+    edits: dict[int, FeatureEdit] = field(default_factory=dict)
+
+    def sorted_edits(self) -> list[FeatureEdit]:
+        return sorted(self.edits.values(), key=lambda e: (-abs(e.value), e.feature.index_in_sae))
