@@ -1,0 +1,383 @@
+"""EmberService: sessions, named variants, steering, inspection and chat — no platform, no SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bot.conversation import build_messages
+from bot.ember import EmberGateway
+from bot.errors import EmberBotError, UserInputError
+from bot.models import (
+    ChatMessage,
+    FeatureActivation,
+    FeatureEdit,
+    FeatureRef,
+    SamplingOptions,
+    VariantState,
+)
+from bot.settings import Settings
+from bot.variant_json import from_sdk_json, to_sdk_json
+from storage.store import DEFAULT_VARIANT, AuditEntry, Store, StoredMessage
+
+VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+INDEX_QUERY = re.compile(r"^#?(\d+)$")
+MAX_QUERY_CHARS = 200
+RESET_SCOPES = ("steering", "history", "all")
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """One channel on one platform: `platform:workspace:channel`."""
+
+    platform: str
+    workspace: str
+    channel: str
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.workspace}:{self.channel}"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked; recorded in the audit log."""
+
+    user_id: str
+    display_name: str
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.user_id})"
+
+
+@dataclass
+class ChatResult:
+    """How a chat turn ended: the text shown, and the error that cut it short, if any."""
+
+    text: str
+    variant: VariantState
+    error: EmberBotError | None = None
+
+
+@dataclass
+class VariantListing:
+    active: str
+    variants: list[VariantState] = field(default_factory=list)
+
+
+def validate_steering_value(value: float) -> float:
+    if not math.isfinite(value) or not -1 <= value <= 1:
+        raise UserInputError(f"Steering value must be between -1 and 1, got {value:g}.")
+    return 0.0 if value == 0 else float(value)
+
+
+def validate_query(query: str) -> str:
+    query = " ".join(query.split())
+    if not query:
+        raise UserInputError("Give some words to search for, e.g. `pirate`.")
+    if len(query) > MAX_QUERY_CHARS:
+        raise UserInputError(f"Search text is limited to {MAX_QUERY_CHARS} characters.")
+    return query
+
+
+def validate_variant_name(name: str) -> str:
+    name = name.strip().lower()
+    if not VARIANT_NAME.match(name):
+        raise UserInputError(
+            "Variant names are 1-32 characters: letters, digits, '-' and '_', "
+            f"starting with a letter or digit (got {name[:40]!r})."
+        )
+    return name
+
+
+class EmberService:
+    def __init__(self, store: Store, gateway: EmberGateway, settings: Settings) -> None:
+        self._store = store
+        self._gateway = gateway
+        self._settings = settings
+        self._turn_locks: dict[str, asyncio.Lock] = {}
+
+    # --- variants ----------------------------------------------------------------------------
+
+    async def active_variant(self, session: SessionKey) -> VariantState:
+        name = await self._store.ensure_session(str(session), await self._gateway.model_id())
+        variant = await self._store.get_variant(str(session), name)
+        if variant is None:  # the active variant was removed underneath us
+            return await self._require_variant(session, DEFAULT_VARIANT)
+        return variant
+
+    async def list_variants(self, session: SessionKey) -> VariantListing:
+        active = await self.active_variant(session)
+        return VariantListing(active.name, await self._store.list_variants(str(session)))
+
+    async def create_variant(
+        self, session: SessionKey, name: str, actor: Actor, base: str | None = None
+    ) -> VariantState:
+        """A new named variant, empty or copied from `base`; it becomes the active one."""
+        name = validate_variant_name(name)
+        listing = await self.list_variants(session)
+        if any(v.name == name for v in listing.variants):
+            raise UserInputError(f'A variant named "{name}" already exists in this channel.')
+        if len(listing.variants) >= self._settings.max_variants_per_channel:
+            raise UserInputError(
+                f"This channel already has {len(listing.variants)} variants, the limit. "
+                "Delete one with /variant delete <name>."
+            )
+        source = await self._require_variant(session, validate_variant_name(base)) if base else None
+        variant = VariantState(
+            name,
+            source.base_model if source else await self._gateway.model_id(),
+            dict(source.edits) if source else {},
+        )
+        await self._store.save_variant(
+            str(session), variant, actor=str(actor), action="variant.create", detail={"from": base}
+        )
+        await self._store.set_active_variant(str(session), name, actor=str(actor))
+        return variant
+
+    async def use_variant(self, session: SessionKey, name: str, actor: Actor) -> VariantState:
+        variant = await self._require_variant(session, validate_variant_name(name))
+        await self._store.set_active_variant(str(session), variant.name, actor=str(actor))
+        return variant
+
+    async def delete_variant(self, session: SessionKey, name: str, actor: Actor) -> str:
+        """Delete a variant; returns the variant active afterwards."""
+        name = validate_variant_name(name)
+        if name == DEFAULT_VARIANT:
+            raise UserInputError('The "default" variant cannot be deleted; /reset clears it.')
+        active = await self.active_variant(session)
+        await self._require_variant(session, name)
+        await self._store.delete_variant(str(session), name, actor=str(actor))
+        if active.name != name:
+            return active.name
+        await self._store.set_active_variant(str(session), DEFAULT_VARIANT, actor=str(actor))
+        return DEFAULT_VARIANT
+
+    async def export_variant(self, session: SessionKey, name: str | None = None) -> dict[str, Any]:
+        variant = (
+            await self._require_variant(session, validate_variant_name(name))
+            if name
+            else await self.active_variant(session)
+        )
+        return to_sdk_json(variant)
+
+    async def import_variant(
+        self, session: SessionKey, name: str, text: str, actor: Actor
+    ) -> VariantState:
+        """Store a variant exported as `Variant.json()` under `name` and make it active."""
+        name = validate_variant_name(name)
+        variant = from_sdk_json(text, name=name, max_edits=self._settings.max_edits_per_variant)
+        listing = await self.list_variants(session)
+        exists = any(v.name == name for v in listing.variants)
+        if not exists and len(listing.variants) >= self._settings.max_variants_per_channel:
+            raise UserInputError(
+                f"This channel already has the maximum of {len(listing.variants)} variants."
+            )
+        await self._store.save_variant(
+            str(session),
+            variant,
+            actor=str(actor),
+            action="variant.import",
+            detail={"edits": len(variant.edits)},
+        )
+        await self._store.set_active_variant(str(session), name, actor=str(actor))
+        return variant
+
+    async def _require_variant(self, session: SessionKey, name: str) -> VariantState:
+        variant = await self._store.get_variant(str(session), name)
+        if variant is None:
+            names = ", ".join(v.name for v in await self._store.list_variants(str(session)))
+            raise UserInputError(f'No variant named "{name}" in this channel. Variants: {names}.')
+        return variant
+
+    # --- features and steering ---------------------------------------------------------------
+
+    async def search_features(self, query: str, top_k: int | None = None) -> list[FeatureRef]:
+        top_k = self._settings.search_top_k if top_k is None else top_k
+        if not 1 <= top_k <= 100:
+            raise UserInputError(f"top_k must be between 1 and 100, got {top_k}.")
+        return await self._gateway.search_features(validate_query(query), top_k)
+
+    async def resolve_feature(self, query: str) -> FeatureRef:
+        """`#123` or `123` names a feature by index; anything else is the best search match."""
+        query = validate_query(query)
+        if match := INDEX_QUERY.match(query):
+            found = await self._gateway.lookup_features([int(match.group(1))])
+        else:
+            found = await self._gateway.search_features(query, 1)
+        if not found:
+            raise UserInputError(f'No feature matches "{query}". Try /features search <words>.')
+        return found[0]
+
+    async def steer(
+        self, session: SessionKey, requests: list[tuple[str, float]], actor: Actor
+    ) -> list[FeatureEdit]:
+        """Set one or many features on the active variant at once; all or nothing."""
+        if not requests:
+            raise UserInputError("Say what to steer, e.g. /steer pirate 0.5")
+        values = [validate_steering_value(value) for _, value in requests]
+        features = [await self.resolve_feature(query) for query, _ in requests]
+        applied = [FeatureEdit(f, v) for f, v in zip(features, values, strict=True)]
+        variant = await self.active_variant(session)
+        edits = dict(variant.edits)
+        for edit in applied:
+            if edit.value == 0:
+                edits.pop(edit.feature.index_in_sae, None)
+            else:
+                edits[edit.feature.index_in_sae] = edit
+        self._check_edit_limit(len(edits))
+        detail = {"set": {str(e.feature.index_in_sae): [e.feature.label, e.value] for e in applied}}
+        await self._store.save_variant(
+            str(session),
+            replace(variant, edits=edits),
+            actor=str(actor),
+            action="steer",
+            detail=detail,
+        )
+        return applied
+
+    async def clear_feature(self, session: SessionKey, query: str, actor: Actor) -> FeatureRef:
+        variant = await self.active_variant(session)
+        feature = self._find_edited(variant, query) or await self.resolve_feature(query)
+        if feature.index_in_sae not in variant.edits:
+            raise UserInputError(f'"{feature.label}" is not steered in variant "{variant.name}".')
+        edits = {i: e for i, e in variant.edits.items() if i != feature.index_in_sae}
+        await self._store.save_variant(
+            str(session),
+            replace(variant, edits=edits),
+            actor=str(actor),
+            action="steer.clear",
+            detail={"feature": feature.index_in_sae, "label": feature.label},
+        )
+        return feature
+
+    async def reset(self, session: SessionKey, scope: str, actor: Actor) -> str:
+        """Reset steering, history or all; returns a one-line summary of what changed."""
+        if scope not in RESET_SCOPES:
+            raise UserInputError(f"Reset what? Choose one of: {', '.join(RESET_SCOPES)}.")
+        if scope == "history":
+            return f"Cleared {await self._clear_history(session, actor)} messages of history."
+        if scope == "steering":
+            variant = await self._clear_steering(session, actor)
+            return f'Cleared all steering on variant "{variant.name}".'
+        cleared = await self._clear_history(session, actor)
+        for variant in await self._store.list_variants(str(session)):
+            if variant.name != DEFAULT_VARIANT:
+                await self._store.delete_variant(str(session), variant.name, actor=str(actor))
+        await self._store.set_active_variant(str(session), DEFAULT_VARIANT, actor=str(actor))
+        await self._clear_steering(session, actor)
+        return f"Reset everything: steering, variants and {cleared} messages of history."
+
+    async def _clear_history(self, session: SessionKey, actor: Actor) -> int:
+        await self.active_variant(session)
+        return await self._store.clear_messages(str(session), actor=str(actor))
+
+    async def _clear_steering(self, session: SessionKey, actor: Actor) -> VariantState:
+        variant = replace(await self.active_variant(session), edits={})
+        await self._store.save_variant(
+            str(session), variant, actor=str(actor), action="steer.reset", detail={}
+        )
+        return variant
+
+    def _check_edit_limit(self, count: int) -> None:
+        limit = self._settings.max_edits_per_variant
+        if count > limit:
+            raise UserInputError(
+                f"A variant can steer at most {limit} features; this would make {count}."
+            )
+
+    @staticmethod
+    def _find_edited(variant: VariantState, query: str) -> FeatureRef | None:
+        wanted = query.strip().lower().lstrip("#")
+        for edit in variant.edits.values():
+            if wanted in (edit.feature.label.lower(), str(edit.feature.index_in_sae)):
+                return edit.feature
+        return None
+
+    async def audit_log(self, session: SessionKey, limit: int = 20) -> list[AuditEntry]:
+        return await self._store.audit_entries(str(session), limit)
+
+    # --- chat and inspection -----------------------------------------------------------------
+
+    async def chat(
+        self,
+        session: SessionKey,
+        author: Actor,
+        text: str,
+        on_delta: Callable[[str], Awaitable[None]],
+    ) -> ChatResult:
+        """One chat turn: store the message, stream the reply through `on_delta`, store it.
+
+        Turns in one channel run one at a time; different channels run concurrently. Backend
+        errors do not raise: they end the turn and come back in `ChatResult.error`.
+        """
+        text = text.strip()
+        if not text:
+            raise UserInputError("Say something to chat with the model.")
+        limit = self._settings.max_message_chars
+        if len(text) > limit:
+            raise UserInputError(
+                f"Messages are limited to {limit} characters; yours has {len(text)}."
+            )
+        lock = self._turn_locks.setdefault(str(session), asyncio.Lock())
+        async with lock:
+            return await self._run_turn(session, author, text, on_delta)
+
+    async def _run_turn(
+        self,
+        session: SessionKey,
+        author: Actor,
+        text: str,
+        on_delta: Callable[[str], Awaitable[None]],
+    ) -> ChatResult:
+        variant = await self.active_variant(session)
+        key = str(session)
+        await self._store.append_message(key, "user", text, author.display_name)
+        history = await self._store.recent_messages(key, self._settings.history_max_messages)
+        messages = self._request_messages(history)
+        result = ChatResult("", variant)
+        parts: list[str] = []
+        try:
+            async for delta in self._gateway.stream_chat(
+                messages, variant.sorted_edits(), self._sampling()
+            ):
+                parts.append(delta)
+                await on_delta(delta)
+        except EmberBotError as error:
+            result.error = error
+        result.text = "".join(parts)
+        if result.text:
+            await self._store.append_message(key, "assistant", result.text)
+        return result
+
+    async def inspect(
+        self, session: SessionKey, top_k: int | None = None
+    ) -> tuple[list[FeatureActivation], list[ChatMessage]]:
+        """The features that fired most over the channel's last exchange, strongest first."""
+        top_k = self._settings.inspect_top_k if top_k is None else top_k
+        if not 1 <= top_k <= 100:
+            raise UserInputError(f"top_k must be between 1 and 100, got {top_k}.")
+        variant = await self.active_variant(session)
+        last = await self._store.recent_messages(str(session), 2)
+        if not last:
+            raise UserInputError("Nothing to inspect yet: chat with the bot first.")
+        exchange = [ChatMessage(m.role, m.content) for m in last]
+        return await self._gateway.inspect(exchange, variant.sorted_edits(), top_k=top_k), exchange
+
+    def _request_messages(self, history: list[StoredMessage]) -> list[ChatMessage]:
+        return build_messages(
+            self._settings.system_prompt,
+            history,
+            max_messages=self._settings.history_max_messages,
+            max_chars=self._settings.history_max_chars,
+        )
+
+    def _sampling(self) -> SamplingOptions:
+        return SamplingOptions(
+            max_tokens=self._settings.max_completion_tokens,
+            temperature=self._settings.temperature,
+            top_p=self._settings.top_p,
+        )

@@ -1,0 +1,222 @@
+"""SQLite persistence for sessions, variants, conversation history and the audit log.
+
+The only module that writes SQL. One aiosqlite connection in WAL mode; every change commits
+before the call returns, so whatever a user was told has happened survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.models import FeatureEdit, FeatureRef, VariantState
+from storage.migrations import MIGRATIONS
+
+DEFAULT_VARIANT = "default"
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    role: str
+    author: str
+    content: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    action: str
+    detail: dict[str, Any]
+    created_at: float
+
+
+def edits_to_json(edits: dict[int, FeatureEdit]) -> str:
+    return json.dumps(
+        [
+            {
+                "index_in_sae": e.feature.index_in_sae,
+                "label": e.feature.label,
+                "uuid": e.feature.uuid,
+                "value": e.value,
+            }
+            for e in edits.values()
+        ]
+    )
+
+
+def edits_from_json(text: str) -> dict[int, FeatureEdit]:
+    edits = {}
+    for row in json.loads(text):
+        feature = FeatureRef(int(row["index_in_sae"]), str(row["label"]), str(row.get("uuid", "")))
+        edits[feature.index_in_sae] = FeatureEdit(feature, float(row["value"]))
+    return edits
+
+
+class Store:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._db = connection
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Store:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(str(path))
+        connection.row_factory = aiosqlite.Row
+        await connection.execute("PRAGMA journal_mode=WAL")
+        await connection.execute("PRAGMA synchronous=NORMAL")
+        await connection.execute("PRAGMA foreign_keys=ON")
+        await connection.execute("PRAGMA busy_timeout=5000")
+        store = cls(connection)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self._db.executescript(
+                f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;"
+            )
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+
+    async def _fetchall(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def integrity_ok(self) -> bool:
+        rows = await self._fetchall("PRAGMA integrity_check")
+        return bool(rows) and rows[0][0] == "ok"
+
+    # --- sessions and variants -------------------------------------------------------------
+
+    async def ensure_session(self, key: str, base_model: str) -> str:
+        """Create the session with its default variant if new; return the active variant name."""
+        rows = await self._fetchall("SELECT active_variant FROM sessions WHERE key = ?", key)
+        if rows:
+            return str(rows[0]["active_variant"])
+        async with self._transaction() as db:
+            now = time.time()
+            await db.execute(
+                "INSERT OR IGNORE INTO sessions (key, created_at) VALUES (?, ?)", (key, now)
+            )
+            await db.execute(
+                "INSERT OR IGNORE INTO variants VALUES (?, ?, ?, '[]', ?)",
+                (key, DEFAULT_VARIANT, base_model, now),
+            )
+        return DEFAULT_VARIANT
+
+    async def get_variant(self, key: str, name: str) -> VariantState | None:
+        rows = await self._fetchall(
+            "SELECT name, base_model, edits_json FROM variants WHERE session_key = ? AND name = ?",
+            key,
+            name,
+        )
+        return _variant_from_row(rows[0]) if rows else None
+
+    async def list_variants(self, key: str) -> list[VariantState]:
+        rows = await self._fetchall(
+            "SELECT name, base_model, edits_json FROM variants WHERE session_key = ? ORDER BY name",
+            key,
+        )
+        return [_variant_from_row(row) for row in rows]
+
+    async def save_variant(
+        self, key: str, variant: VariantState, *, actor: str, action: str, detail: dict[str, Any]
+    ) -> None:
+        """Insert or replace a variant and record the change in the audit log, atomically."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO variants VALUES (?, ?, ?, ?, ?)",
+                (key, variant.name, variant.base_model, edits_to_json(variant.edits), time.time()),
+            )
+            await _audit(db, key, actor, action, {"variant": variant.name, **detail})
+
+    async def delete_variant(self, key: str, name: str, *, actor: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM variants WHERE session_key = ? AND name = ?", (key, name))
+            await _audit(db, key, actor, "variant.delete", {"variant": name})
+
+    async def set_active_variant(self, key: str, name: str, *, actor: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("UPDATE sessions SET active_variant = ? WHERE key = ?", (name, key))
+            await _audit(db, key, actor, "variant.use", {"variant": name})
+
+    # --- conversation history --------------------------------------------------------------
+
+    async def append_message(self, key: str, role: str, content: str, author: str = "") -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO messages (session_key, role, author, content, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, role, author, content, time.time()),
+            )
+
+    async def recent_messages(self, key: str, limit: int) -> list[StoredMessage]:
+        """The newest `limit` messages, oldest first."""
+        rows = await self._fetchall(
+            "SELECT role, author, content FROM messages WHERE session_key = ? "
+            "ORDER BY id DESC LIMIT ?",
+            key,
+            limit,
+        )
+        return [StoredMessage(row["role"], row["author"], row["content"]) for row in reversed(rows)]
+
+    async def clear_messages(self, key: str, *, actor: str) -> int:
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM messages WHERE session_key = ?", (key,))
+            await _audit(db, key, actor, "history.clear", {"messages": cursor.rowcount})
+            return cursor.rowcount
+
+    # --- audit log ---------------------------------------------------------------------------
+
+    async def audit_entries(self, key: str, limit: int = 50) -> list[AuditEntry]:
+        """Newest first."""
+        rows = await self._fetchall(
+            "SELECT actor, action, detail_json, created_at FROM audit_log "
+            "WHERE session_key = ? ORDER BY id DESC LIMIT ?",
+            key,
+            limit,
+        )
+        return [
+            AuditEntry(
+                row["actor"], row["action"], json.loads(row["detail_json"]), row["created_at"]
+            )
+            for row in rows
+        ]
+
+
+async def _audit(
+    db: aiosqlite.Connection, key: str, actor: str, action: str, detail: dict[str, Any]
+) -> None:
+    await db.execute(
+        "INSERT INTO audit_log (session_key, actor, action, detail_json, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (key, actor, action, json.dumps(detail), time.time()),
+    )
+
+
+def _variant_from_row(row: aiosqlite.Row) -> VariantState:
+    return VariantState(row["name"], row["base_model"], edits_from_json(row["edits_json"]))
