@@ -23,7 +23,6 @@ async def open_context(settings: Settings) -> AsyncIterator[CommandContext]:
             settings.goodfire_api_key.get_secret_value(),
             model=settings.ember_model,
             retry=RetryPolicy(deadline=settings.backend_deadline_seconds),
-            system_prompt=settings.system_prompt,
         ) as gateway:
             service = EmberService(store, gateway, settings)
             yield CommandContext(service, settings, build_registry())
