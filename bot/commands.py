@@ -7,6 +7,7 @@ Adapters either pass raw text (console, Slack) to `parse_text` or structured opt
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import shlex
@@ -149,20 +150,30 @@ def split_words(text: str) -> list[str]:
 
 
 def parse_positional(command: Command, text: str) -> dict[str, Any]:
-    """Map words to args in order; an arg with `rest` takes the remaining words."""
-    words = split_words(text)
+    """Map words to args in order; an arg with `rest` takes the remaining text verbatim."""
     values: dict[str, Any] = {}
-    for position, arg in enumerate(command.args):
-        if not words:
+    remaining = text.strip()
+    for arg in command.args:
+        if not remaining:
             break
-        if arg.rest or position == len(command.args) - 1:
-            values[arg.name] = " ".join(words) if arg.rest else words.pop(0)
-            words = [] if arg.rest else words
+        if arg.rest:
+            values[arg.name], remaining = remaining, ""
         else:
-            values[arg.name] = words.pop(0)
-    if words:
+            values[arg.name], remaining = first_word(remaining)
+    if remaining:
         raise UserInputError(f"Too many arguments. Usage: {command.usage}")
     return coerce_options(command, values)
+
+
+def first_word(text: str) -> tuple[str, str]:
+    """The first shell-style word of `text` (quotes allowed) and the text after it."""
+    lexer = shlex.shlex(io.StringIO(text), posix=True)
+    lexer.whitespace_split = True
+    try:
+        word = lexer.get_token() or ""
+    except ValueError as error:
+        raise UserInputError(f"Could not read the arguments: {error}.") from None
+    return word, lexer.instream.read().strip()
 
 
 def coerce_options(command: Command, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,9 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.conversation import build_messages
-from bot.ember import EmberGateway
 from bot.errors import EmberBotError, UserInputError
 from bot.models import (
     ChatMessage,
@@ -23,6 +22,9 @@ from bot.models import (
 from bot.settings import Settings
 from bot.variant_json import from_sdk_json, to_sdk_json
 from storage.store import DEFAULT_VARIANT, AuditEntry, Store, StoredMessage
+
+if TYPE_CHECKING:
+    from bot.ember import EmberGateway
 
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 INDEX_QUERY = re.compile(r"^#?(\d+)$")

@@ -1,0 +1,113 @@
+"""Pure logic of the registry: text parsing, coercion, history trimming, rendering."""
+
+import pytest
+
+from bot.commands import coerce_options
+from bot.conversation import build_messages
+from bot.errors import UserInputError
+from bot.handlers import build_registry, parse_batch
+from bot.render import bar, render_table
+from bot.replies import Table, TableRow
+from storage.store import StoredMessage
+
+REGISTRY = build_registry()
+
+
+def parse(line: str) -> tuple[str, dict]:
+    command, text = REGISTRY.resolve_text(line)
+    parser = command.parse_text
+    from bot.commands import parse_positional
+
+    return command.name, (parser or parse_positional)(command, text)
+
+
+def test_steer_query_words_then_value():
+    assert parse("/steer formal writing -0.3") == (
+        "steer",
+        {"feature": "formal writing", "value": -0.3},
+    )
+
+
+def test_steer_batch_keeps_quoted_labels():
+    name, args = parse('/steer pirate=0.5 "formal writing"=-0.3')
+    assert args["value"] is None
+    assert parse_batch(args["feature"]) == [("pirate", 0.5), ("formal writing", -0.3)]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("/steer pirate 5", "Value must be between -1 and 1, got 5."),
+        ("/steer pirate abc", "Value must be a number, got 'abc'."),
+        ("/steer pirate nan", "Value must be a finite number, got 'nan'."),
+        ("/steer pirate 1e309", "Value must be a finite number, got '1e309'."),
+        ("/steer", "Say what to steer, e.g. /steer pirate 0.5"),
+        ("/steer 'unbalanced 0.5", "Could not read the arguments: No closing quotation."),
+        ("/frobnicate", "Unknown command /frobnicate. Type /help for the list."),
+        ("/variant rename a b", "/variant needs one of: new, use, list, delete, export, import."),
+        ("/reset everything", "what must be one of steering, history, all; got 'everything'."),
+        ("/inspect 0", "Top must be between 1 and 50, got 0."),
+        ("/variant use a b", "Too many arguments. Usage: /variant use <name>"),
+    ],
+)
+def test_bad_input_gives_one_specific_line(line, message):
+    with pytest.raises(UserInputError) as caught:
+        parse(line)
+    assert caught.value.user_message == message
+    assert "\n" not in caught.value.user_message
+
+
+def test_group_default_subcommand_and_rest_args():
+    assert parse("/features") == ("features show", {})
+    assert parse("/features search pirate talk") == (
+        "features search",
+        {"query": "pirate talk", "top": None},
+    )
+    assert parse("/reset") == ("reset", {"what": "steering"})
+    assert parse('/variant import x {"edits": []}')[1]["json"] == '{"edits": []}'
+
+
+def test_structured_options_validate_like_text():
+    steer = REGISTRY.get(("steer",))
+    assert coerce_options(steer, {"feature": "#12", "value": 0.5}) == {
+        "feature": "#12",
+        "value": 0.5,
+    }
+    with pytest.raises(UserInputError, match="between -1 and 1"):
+        coerce_options(steer, {"feature": "#12", "value": -2})
+    with pytest.raises(UserInputError, match="Unknown option"):
+        coerce_options(steer, {"feature": "x", "bogus": 1})
+
+
+def test_batch_rejects_pairs_without_value_or_name():
+    with pytest.raises(UserInputError, match='"=0.5" is not one'):
+        parse_batch("=0.5")
+    with pytest.raises(UserInputError, match="between -1 and 1"):
+        parse_batch("pirate=2")
+
+
+def test_history_respects_message_and_char_budgets_and_alternation():
+    history = [
+        StoredMessage("user" if i % 2 == 0 else "assistant", "ann", f"m{i}") for i in range(300)
+    ]
+    messages = build_messages("sys", history, max_messages=127, max_chars=10_000)
+    assert len(messages) <= 128 and messages[0].role == "system"
+    assert (
+        messages[1].role == "user"
+        and messages[-1].content == "ann: m298"
+        or messages[-1].content == "m299"
+    )
+    tight = build_messages("sys", history, max_messages=127, max_chars=20)
+    assert [m.content for m in tight][-1] == "m299"
+    doubled = [StoredMessage("user", "a", "hi"), StoredMessage("user", "b", "yo")]
+    assert [m.content for m in build_messages("s", doubled, max_messages=10, max_chars=100)] == [
+        "s",
+        "a: hi\n\nb: yo",
+    ]
+
+
+def test_table_bars_scale_to_largest_value_and_truncate():
+    assert bar(1.0, 1.0, 4) == "████" and bar(0.5, 1.0, 4) == "██  "
+    rows = [TableRow(f"feature {i}", 1.0 / (i + 1)) for i in range(30)]
+    text = render_table(Table("Top", rows), max_rows=5)
+    assert text.splitlines()[1].startswith("feature 0") and "… and 25 more" in text
