@@ -91,11 +91,11 @@ def test_history_respects_message_and_char_budgets_and_alternation():
         StoredMessage("user" if i % 2 == 0 else "assistant", "ann", f"m{i}") for i in range(300)
     ]
     messages = build_messages("sys", history, max_messages=127, max_chars=10_000)
-    assert len(messages) <= 128 and messages[0].role == "system"
-    assert (
-        messages[1].role == "user"
-        and messages[-1].content == "ann: m298"
-        or messages[-1].content == "m299"
+    assert len(messages) == 127  # 126 newest kept, leading assistant turn dropped, + system
+    assert (messages[0].role, messages[1].content, messages[-1].content) == (
+        "system",
+        "ann: m174",
+        "m299",
     )
     tight = build_messages("sys", history, max_messages=127, max_chars=20)
     assert [m.content for m in tight][-1] == "m299"
