@@ -167,13 +167,14 @@ def parse_positional(command: Command, text: str) -> dict[str, Any]:
 
 def first_word(text: str) -> tuple[str, str]:
     """The first shell-style word of `text` (quotes allowed) and the text after it."""
-    lexer = shlex.shlex(io.StringIO(text), posix=True)
+    stream = io.StringIO(text)
+    lexer = shlex.shlex(stream, posix=True)
     lexer.whitespace_split = True
     try:
         word = lexer.get_token() or ""
     except ValueError as error:
         raise UserInputError(f"Could not read the arguments: {error}.") from None
-    return word, lexer.instream.read().strip()
+    return word, stream.read().strip()
 
 
 def coerce_options(command: Command, options: Mapping[str, Any]) -> dict[str, Any]:

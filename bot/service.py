@@ -6,6 +6,7 @@ import asyncio
 import math
 import re
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -342,12 +343,12 @@ class EmberService:
         messages = self._request_messages(history)
         result = ChatResult("", variant)
         parts: list[str] = []
+        stream = self._gateway.stream_chat(messages, variant.sorted_edits(), self._sampling())
         try:
-            async for delta in self._gateway.stream_chat(
-                messages, variant.sorted_edits(), self._sampling()
-            ):
-                parts.append(delta)
-                await on_delta(delta)
+            async with aclosing(stream):
+                async for delta in stream:
+                    parts.append(delta)
+                    await on_delta(delta)
         except EmberBotError as error:
             result.error = error
         result.text = "".join(parts)

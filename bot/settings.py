@@ -88,6 +88,140 @@ class Settings(BaseSettings):
             self.goodfire_base_url != HOSTED_BASE_URL
         )
 
+    # --- slack ---
+    slack_bot_token: SecretStr = Field(
+        SecretStr(""), description="Slack bot token (xoxb-...), from OAuth & Permissions."
+    )
+    slack_app_token: SecretStr = Field(
+        SecretStr(""),
+        description="Slack app-level token (xapp-...) with connections:write, for Socket Mode.",
+    )
+    slack_signing_secret: SecretStr = Field(
+        SecretStr(""), description="Slack signing secret, to verify requests in HTTP mode."
+    )
+    slack_api_url: str = Field(
+        "https://slack.com/api/", description="Slack Web API base URL (for proxies and tests)."
+    )
+    slack_command_prefix: str = Field(
+        "", description='Prefix for slash command names: "ember-" gives /ember-steer.'
+    )
+    slack_steer_users: str = Field(
+        "", description="Comma-separated Slack user IDs allowed to steer and reset (empty: all)."
+    )
+    slack_steer_usergroups: str = Field(
+        "", description="Comma-separated Slack user group IDs allowed to steer and reset."
+    )
+    slack_listen_channel_ids: str = Field(
+        "", description="Comma-separated channel IDs where the bot answers every message."
+    )
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _slack_api_url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") + "/"
+
+    @field_validator("slack_command_prefix")
+    @classmethod
+    def _slack_prefix_is_a_command_word(cls, value: str) -> str:
+        if len(value) > 16 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+            raise ValueError("use at most 16 lowercase letters, digits, '-' or '_'")
+        return value.lower()
+
+    @field_validator("slack_steer_users", "slack_steer_usergroups", "slack_listen_channel_ids")
+    @classmethod
+    def _slack_ids(cls, value: str) -> str:
+        ids = [part.strip().upper() for part in value.split(",") if part.strip()]
+        if not all(len(i) >= 3 and i.isascii() and i.isalnum() for i in ids):
+            raise ValueError("must be comma-separated Slack IDs like U0123ABCD")
+        return ",".join(ids)
+
+    @property
+    def slack_steer_user_ids(self) -> frozenset[str]:
+        return frozenset(filter(None, self.slack_steer_users.split(",")))
+
+    @property
+    def slack_steer_usergroup_ids(self) -> frozenset[str]:
+        return frozenset(filter(None, self.slack_steer_usergroups.split(",")))
+
+    @property
+    def slack_listen_channels(self) -> frozenset[str]:
+        return frozenset(filter(None, self.slack_listen_channel_ids.split(",")))
+
+    # --- end slack ---
+
+    # --- discord ---
+    discord_bot_token: SecretStr = Field(
+        SecretStr(""), description="Discord bot token, from the Developer Portal's Bot page."
+    )
+    discord_api_base: str = Field(
+        "https://discord.com/api/v10",
+        description="Discord REST API base URL, including the version (for proxies and tests).",
+    )
+    discord_dev_guild_ids: str = Field(
+        "",
+        description="Comma-separated guild IDs whose slash commands are synced at every start "
+        "(instant, for development); global sync is `ember-bot discord sync`.",
+    )
+    discord_steer_roles: str = Field(
+        "",
+        description="Comma-separated role names or IDs allowed to steer, reset and change "
+        "variants (empty: members with Manage Messages). Administrators always may.",
+    )
+    discord_listen_channel_ids: str = Field(
+        "",
+        description="Comma-separated channel IDs where the bot answers every message "
+        "(turns on the privileged Message Content intent; enable it in the Developer Portal).",
+    )
+    discord_chat_cooldown_seconds: float = Field(
+        5.0, ge=0, le=3600, description="Seconds a Discord user waits between chat turns."
+    )
+    discord_steer_cooldown_seconds: float = Field(
+        3.0, ge=0, le=3600, description="Seconds a Discord user waits between steering commands."
+    )
+    discord_channel_chats_per_minute: int = Field(
+        12, ge=1, le=1000, description="Chat turns one Discord channel may start per minute."
+    )
+    discord_channel_steers_per_minute: int = Field(
+        10, ge=1, le=1000, description="Steering commands one Discord channel may run per minute."
+    )
+
+    @field_validator("discord_api_base")
+    @classmethod
+    def _discord_api_base_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("discord_dev_guild_ids", "discord_listen_channel_ids")
+    @classmethod
+    def _discord_ids(cls, value: str) -> str:
+        ids = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(i.isascii() and i.isdigit() for i in ids):
+            raise ValueError("must be comma-separated numeric Discord IDs")
+        return ",".join(ids)
+
+    @property
+    def discord_dev_guilds(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.discord_dev_guild_ids.split(",") if i)
+
+    @property
+    def discord_listen_channels(self) -> frozenset[int]:
+        return frozenset(int(i) for i in self.discord_listen_channel_ids.split(",") if i)
+
+    @field_validator("discord_steer_roles")
+    @classmethod
+    def _discord_roles(cls, value: str) -> str:
+        return ",".join(r.strip().lower() for r in value.split(",") if r.strip())
+
+    @property
+    def discord_steer_role_set(self) -> frozenset[str]:
+        """Role names (lower-cased) and IDs allowed to steer."""
+        return frozenset(filter(None, self.discord_steer_roles.split(",")))
+
+    # --- end discord ---
+
 
 def load_settings(**overrides: object) -> Settings:
     """Build Settings, turning validation failures into one line per problem."""

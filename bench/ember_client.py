@@ -1,0 +1,80 @@
+"""Benchmark: sequential feature searches through EmberGateway vs the stock goodfire client.
+
+Both run against the loopback FakeEmber in the same process, so the difference is the client
+side: the stock SDK builds a new httpx.AsyncClient (and SSL context) per request, the gateway
+reuses one pooled client.
+
+    python -m bench.ember_client [--calls 200] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import goodfire
+
+from bot.ember import EmberGateway
+from tests.fake_ember import FakeEmber
+
+Search = Callable[[], Awaitable[object]]
+
+
+async def _timings(search: Search, calls: int) -> list[float]:
+    await search()  # warm-up: connection, model id, imports
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await search()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _summary(timings: list[float]) -> dict[str, float]:
+    percentiles = statistics.quantiles(timings, n=100, method="inclusive")
+    return {
+        "p50_ms": round(statistics.median(timings), 3),
+        "p90_ms": round(percentiles[89], 3),
+        "p99_ms": round(percentiles[98], 3),
+        "calls_per_s": round(1000 * len(timings) / sum(timings), 1),
+    }
+
+
+async def run(calls: int) -> dict[str, dict[str, float]]:
+    async with FakeEmber() as fake:
+        async with EmberGateway(fake.base_url, fake.api_key) as gateway:
+            ours = await _timings(lambda: gateway.search_features("pirate"), calls)
+        stock = goodfire.AsyncClient(fake.api_key, base_url=fake.base_url)
+        theirs = await _timings(
+            lambda: stock.features.search("pirate", model=fake.model, top_k=20),  # type: ignore[arg-type]
+            calls,
+        )
+    return {"ember_gateway": _summary(ours), "goodfire_sdk": _summary(theirs)}
+
+
+def _table(results: dict[str, dict[str, float]]) -> str:
+    columns = ["p50_ms", "p90_ms", "p99_ms", "calls_per_s"]
+    lines = [f"{'client':<16}" + "".join(f"{c:>13}" for c in columns)]
+    for name, row in results.items():
+        lines.append(f"{name:<16}" + "".join(f"{row[c]:>13}" for c in columns))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200, help="sequential searches per client")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    results = asyncio.run(run(args.calls))
+    if args.json:
+        print(json.dumps({"calls": args.calls, **results}))
+    else:
+        print(f"{args.calls} sequential feature searches on loopback\n{_table(results)}")
+
+
+if __name__ == "__main__":
+    main()

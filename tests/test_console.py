@@ -1,0 +1,70 @@
+"""The console adapter as a user runs it: a real `python -m bot console` process, piped stdin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from tests.fake_ember import FakeEmber
+
+
+async def run_console(stdin: str, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+def console_env(tmp_path, fake: FakeEmber | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOODFIRE_", "EMBER_"))}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'console.db'}"
+    if fake is not None:
+        env |= {"GOODFIRE_BASE_URL": fake.base_url, "GOODFIRE_API_KEY": fake.api_key}
+    return env
+
+
+async def test_scripted_session_steers_chats_and_survives_restart(tmp_path, fake_ember):
+    env = console_env(tmp_path, fake_ember)
+    fake_ember.reply_text = "Ahoy there!"
+    code, out, err = await run_console("/steer pirate 0.5\nhello bot\n/features\n", env)
+    assert code == 0, err
+    assert fake_ember.controller_nudges(fake_ember.last_chat_request()) == {1201: 0.5}
+    assert "bot> Ahoy there!" in out
+    after_reply = out.split("bot> ")[1]
+    assert 'Steering on variant "default"' in after_reply and "pirate speech" in after_reply
+
+    code, out, err = await run_console("/features\n", env)
+    assert code == 0, err
+    assert "pirate speech" in out and "+0.5" in out
+
+
+async def test_bad_command_prints_one_error_line(tmp_path, fake_ember):
+    code, out, _ = await run_console("/steer pirate 5\n", console_env(tmp_path, fake_ember))
+    assert code == 0
+    assert "error: Value must be between -1 and 1, got 5.\n" in out
+
+
+async def test_no_backend_explains_how_to_get_one(tmp_path):
+    code, out, err = await run_console("hello\n", console_env(tmp_path, None))
+    assert code == 2 and out == ""
+    assert "ember-bot console --serve tiny" in err
+
+
+async def test_invalid_settings_fail_with_one_line_per_problem(tmp_path, fake_ember):
+    env = console_env(tmp_path, fake_ember) | {"TEMPERATURE": "3", "DATABASE_URL": "postgres://x"}
+    code, _, err = await run_console("", env)
+    assert code == 2
+    assert err.splitlines() == [
+        "config error: DATABASE_URL: must look like sqlite:///path/to/file.db (got 'postgres://x')",
+        "config error: TEMPERATURE: Input should be less than or equal to 2 (got '3')",
+    ]
