@@ -6,13 +6,16 @@ Works interactively and with piped stdin (it exits at end of input), so it is sc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import sys
+import threading
 from typing import TextIO
 
 from bot.commands import CommandContext, run_text_command
 from bot.errors import UserInputError
 from bot.handlers import steering_footer
+from bot.ratelimit import queued_message
 from bot.render import render_reply_text
 from bot.service import Actor, SessionKey
 
@@ -44,7 +47,7 @@ class ConsoleChat:
     async def _read_line(self) -> str | None:
         if self._interactive:
             self._write(PROMPT)
-        line = await asyncio.to_thread(self._stdin.readline)
+        line = await read_in_daemon_thread(self._stdin)
         return line or None
 
     async def _command(self, line: str) -> None:
@@ -58,18 +61,41 @@ class ConsoleChat:
         async def show(delta: str) -> None:
             self._write(delta)
 
+        async def queued(position: int) -> None:
+            self._write(f"({queued_message(position)}) ")
+
+        service = self._ctx.service
         try:
-            result = await self._ctx.service.chat(self._session, self._actor, text, show)
+            async with service.lifecycle.track():  # a shutdown waits for the footer too
+                result = await service.chat(self._session, self._actor, text, show, queued)
+                if result.error is not None:
+                    self._write(f"\n[reply cut short] {result.error.user_message}")
+                self._write(f"\n  — {steering_footer(result.variant)}\n")
         except UserInputError as error:
             self._write(f"\nerror: {error.user_message}\n")
-            return
-        if result.error is not None:
-            self._write(f"\n[reply cut short] {result.error.user_message}")
-        self._write(f"\n  — {steering_footer(result.variant)}\n")
 
     def _write(self, text: str) -> None:
         self._out.write(text)
         self._out.flush()
+
+
+async def read_in_daemon_thread(stream: TextIO) -> str:
+    """`stream.readline()` off the loop, in a daemon thread: unlike `asyncio.to_thread`, a read
+    still blocked at shutdown does not keep the process alive."""
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def deliver(text: str) -> None:
+        if not line.done():
+            line.set_result(text)
+
+    def read() -> None:
+        text = stream.readline()
+        with contextlib.suppress(RuntimeError):  # the loop closed while we were reading
+            loop.call_soon_threadsafe(deliver, text)
+
+    threading.Thread(target=read, name="console-stdin", daemon=True).start()
+    return await line
 
 
 async def run_console(ctx: CommandContext, session_name: str = "default") -> None:

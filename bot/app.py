@@ -1,13 +1,21 @@
-"""Wiring: settings -> store + gateway -> service -> command context, for every adapter."""
+"""Wiring: settings -> store + gateway -> service -> command context, for every adapter.
+
+`run_app(settings, main)` is how an adapter runs for real: the context, the metrics endpoint
+(when METRICS_PORT is set), and graceful shutdown on SIGTERM/SIGINT around the adapter's
+`main(ctx)` coroutine. Call `bot.logs.configure_logging(settings)` before it, once per process.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from bot.breaker import CircuitBreaker
 from bot.commands import CommandContext
 from bot.ember import EmberGateway, RetryPolicy
 from bot.handlers import build_registry
+from bot.metrics import Metrics
+from bot.monitoring import MonitoringServer
 from bot.service import EmberService
 from bot.settings import Settings
 from storage.store import Store
@@ -16,6 +24,9 @@ from storage.store import Store
 @asynccontextmanager
 async def open_context(settings: Settings) -> AsyncIterator[CommandContext]:
     """Open the database and the backend gateway; close both on exit."""
+    metrics = Metrics()
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
+    metrics.watch_breaker(breaker)
     store = await Store.open(settings.database_path)
     try:
         async with EmberGateway(
@@ -23,8 +34,37 @@ async def open_context(settings: Settings) -> AsyncIterator[CommandContext]:
             settings.goodfire_api_key.get_secret_value(),
             model=settings.ember_model,
             retry=RetryPolicy(deadline=settings.backend_deadline_seconds),
+            breaker=breaker,
         ) as gateway:
-            service = EmberService(store, gateway, settings)
+            service = EmberService(store, gateway, settings, metrics=metrics)
             yield CommandContext(service, settings, build_registry())
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def monitoring(ctx: CommandContext) -> AsyncIterator[MonitoringServer | None]:
+    """Serve /metrics and /healthz while inside, if METRICS_PORT is set."""
+    settings = ctx.settings
+    if not settings.metrics_port:
+        yield None
+        return
+    server = MonitoringServer(
+        ctx.service.metrics,
+        lambda: ctx.service.check_health(settings.health_timeout_seconds),
+        settings.metrics_host,
+        settings.metrics_port,
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def run_app(settings: Settings, main: Callable[[CommandContext], Awaitable[None]]) -> None:
+    """Run an adapter until it returns or SIGTERM/SIGINT; then drain, and close everything."""
+    async with open_context(settings) as ctx, monitoring(ctx):
+        lifecycle = ctx.service.lifecycle
+        with lifecycle.signal_handlers():
+            await lifecycle.run(main(ctx), settings.shutdown_grace_seconds)

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
-from bot.settings import Settings, SettingsError, load_settings
-
-NO_BACKEND_HELP = """\
-No model backend is configured.
-  • Try it offline right now:   ember-bot console --serve tiny
-  • Or run the self-hosted server (pip install -e '.[server]'):
-        ember-bot serve --preset tiny        # then, in .env:
-        GOODFIRE_BASE_URL=http://127.0.0.1:8000
-  • Or point GOODFIRE_BASE_URL / GOODFIRE_API_KEY at any Ember-compatible server."""
+from bot.settings import NO_BACKEND_HELP, Settings, load_settings_or_report
 
 SERVER_EXTRA_HELP = (
     "The model server needs the 'server' extra: pip install torch==2.13.0 && "
     "pip install -e '.[server]'"
 )
+NO_PLATFORM_HELP = (
+    "No chat platform is configured: set DISCORD_BOT_TOKEN, and/or SLACK_BOT_TOKEN with "
+    "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode). "
+    "`ember-bot doctor` checks the whole setup."
+)
+PASS_THROUGH = {
+    "serve": "run the self-hosted Ember-compatible model server (--help for options)",
+    "discord": "run the Discord bot; `discord sync`, `discord invite-url`",
+    "slack": "run the Slack bot (Socket Mode, or --http); `slack manifest`",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,32 +36,88 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument(
         "--serve", metavar="PRESET", help="start the self-hosted server in-process (e.g. tiny)"
     )
-    commands.add_parser("serve", help="run the self-hosted Ember-compatible server", add_help=False)
+    commands.add_parser("run", help="run every configured chat platform (Discord, Slack)")
+    commands.add_parser("doctor", help="check settings, database, backend and platform tokens")
+    for name, description in PASS_THROUGH.items():
+        commands.add_parser(name, help=description, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:
-        return _serve(argv[1:])
+    if argv[:1] and argv[0] in PASS_THROUGH:
+        return _pass_through(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        for problem in error.problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    settings = load_settings_or_report()
+    if settings is None:
         return 2
+    if args.command == "doctor":
+        from bot.doctor import run_doctor
+
+        return run_doctor(settings)
+    if args.command == "run":
+        return _run_platforms(settings)
     return _console(settings, args.session, args.serve)
 
 
-def _serve(argv: list[str]) -> int:
-    try:
-        from server.cli import main as serve_main
-    except ImportError:
-        print(SERVER_EXTRA_HELP, file=sys.stderr)
+def _pass_through(command: str, argv: list[str]) -> int:
+    if command == "serve":
+        try:
+            from server.cli import main as serve_main
+        except ImportError:
+            print(SERVER_EXTRA_HELP, file=sys.stderr)
+            return 2
+        return serve_main(argv)
+    if command == "discord":
+        from adapters.discord_adapter import main as discord_main
+
+        return discord_main(argv)
+    from adapters.slack_adapter import main as slack_main
+
+    return slack_main(argv)
+
+
+def _run_platforms(settings: Settings) -> int:
+    """Discord and/or Slack in one process, sharing one database and backend gateway."""
+    from bot.app import run_app
+    from bot.commands import CommandContext
+    from bot.logs import configure_logging
+
+    platforms = _configured_platforms(settings)
+    if not platforms:
+        print(NO_PLATFORM_HELP, file=sys.stderr)
         return 2
-    return serve_main(argv)
+    if not settings.has_backend:
+        print(NO_BACKEND_HELP, file=sys.stderr)
+        return 2
+
+    async def serve_all(ctx: CommandContext) -> None:
+        await asyncio.gather(*(serve(ctx) for serve in platforms))
+
+    logging_setup = configure_logging(settings)
+    try:
+        asyncio.run(run_app(settings, serve_all))
+    finally:
+        logging_setup.close()
+    return 0
+
+
+def _configured_platforms(settings: Settings) -> list[Callable[..., Awaitable[None]]]:
+    platforms: list[Callable[..., Awaitable[None]]] = []
+    if token := settings.discord_bot_token.get_secret_value():
+        from adapters.discord_adapter import serve as serve_discord
+
+        platforms.append(partial(serve_discord, token=token))
+    if settings.slack_bot_token.get_secret_value():
+        from adapters.slack_adapter import serve as serve_slack
+
+        http = not settings.slack_app_token.get_secret_value()
+        platforms.append(
+            partial(
+                serve_slack, http=http, host=settings.slack_http_host, port=settings.slack_http_port
+            )
+        )
+    return platforms
 
 
 def _console(settings: Settings, session: str, preset: str | None) -> int:

@@ -17,7 +17,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.errors import EmberBotError, UserInputError
+from bot.logs import log_context
 from bot.replies import Reply, error_reply
+from bot.service import clean_text
 
 if TYPE_CHECKING:
     from bot.service import Actor, EmberService, SessionKey
@@ -129,7 +131,7 @@ class Registry:
             return command, rest
         subcommands = self.children(name)
         if not subcommands:
-            raise UserInputError(f"Unknown command /{name}. Type /help for the list.")
+            raise UserInputError(f"Unknown command /{name[:40]}. Type /help for the list.")
         sub_words = rest.split(maxsplit=1)
         if sub_words:
             sub, remaining = sub_words[0].lower(), sub_words[1] if len(sub_words) > 1 else ""
@@ -196,7 +198,7 @@ def coerce_options(command: Command, options: Mapping[str, Any]) -> dict[str, An
 
 def coerce_value(arg: Arg, raw: Any) -> Any:
     if arg.kind == "text":
-        return str(raw)
+        return clean_text(str(raw))
     if arg.kind == "choice":
         text = str(raw).lower()
         if text not in arg.choices:
@@ -230,24 +232,38 @@ def parse_number(name: str, raw: Any) -> float:
 
 
 async def run_command(ctx: CommandContext, command: Command, invocation: Invocation) -> Reply:
-    """Check permission, run the handler, and turn every failure into a short reply."""
+    """Check permission and rate limits, run the handler, turn every failure into a short reply.
+
+    Steering commands (Permission.STEER) count against the steering rate limits. Commands are
+    refused once shutdown begins, and cut short if still running when its grace period ends.
+    """
     if command.permission is Permission.STEER and not invocation.can_steer:
         return error_reply(f"You don't have permission to use /{command.name} in this channel.")
-    try:
-        return await command.handler(ctx, invocation)
-    except EmberBotError as error:
-        return error_reply(error.user_message)
-    except Exception:
-        log.exception("command /%s failed in %s", command.name, invocation.session)
-        return error_reply("Something went wrong on our side; it has been logged.")
+    service = ctx.service
+    with log_context(session=str(invocation.session)):
+        try:
+            if command.permission is Permission.STEER:
+                service.admit_steering(invocation.session, invocation.actor)
+            async with service.lifecycle.track(), service.lifecycle.interruptible():
+                return await command.handler(ctx, invocation)
+        except EmberBotError as error:
+            service.metrics.error(error)
+            return error_reply(error.user_message)
+        except Exception as error:
+            service.metrics.error(error)
+            log.exception("command /%s failed in %s", command.name, invocation.session)
+            return error_reply("Something went wrong on our side; it has been logged.")
 
 
 async def run_text_command(
     ctx: CommandContext, line: str, session: SessionKey, actor: Actor, *, can_steer: bool = True
 ) -> Reply:
     """Parse and run a typed command line such as `/steer pirate 0.5`."""
+    limit = ctx.settings.max_command_chars
+    if len(line) > limit:
+        return error_reply(f"Commands are limited to {limit} characters; yours has {len(line)}.")
     try:
-        command, text = ctx.registry.resolve_text(line)
+        command, text = ctx.registry.resolve_text(clean_text(line))
         parse = command.parse_text or parse_positional
         args = parse(command, text)
     except UserInputError as error:

@@ -10,6 +10,9 @@ Retries: 429, 5xx, timeouts and connection errors are retried with jittered expo
 (honouring Retry-After) until `RetryPolicy.attempts` or the call's overall deadline runs out.
 A chat stream is retried only while no text has been yielded, so a reply is never posted twice.
 
+Circuit breaker (optional): every call, retries included, passes through a `CircuitBreaker`, so
+after repeated failures calls are refused at once until a probe finds the backend back.
+
 Guard events: if the server reports `gf_event_names` on a stream, the text that came is yielded
 and `GenerationAbortedError` is raised when the stream ends (the caller keeps the partial text).
 """
@@ -34,6 +37,7 @@ import goodfire
 import httpx
 from goodfire.api.exceptions import GoodfireBaseException
 
+from bot.breaker import CircuitBreaker
 from bot.errors import (
     BackendError,
     BackendTimeoutError,
@@ -411,10 +415,12 @@ class EmberGateway:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         http: httpx.AsyncClient | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._api_url = f"{base_url.rstrip('/')}/api/inference/v1"
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._retry = retry
+        self._breaker = breaker
         self._system_prompt = system_prompt
         self._model = model
         self._model_lock = asyncio.Lock()
@@ -443,6 +449,23 @@ class EmberGateway:
             if self._model is None:
                 self._model = await self._served_model()
             return self._model
+
+    async def ping(self, seconds: float) -> str | None:
+        """None if the backend answers its cheapest route within `seconds`; else what is wrong.
+
+        No retries and no breaker: a health check reports the backend as it is right now.
+        """
+        try:
+            response = await self._http.get(
+                f"{self._api_url}/models", headers=self._headers, timeout=seconds
+            )
+        except httpx.TransportError as error:
+            return _error_for_transport(error, seconds).user_message
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            return _error_for_response(
+                response.status_code, response.headers, response.text
+            ).user_message
+        return None  # 404 too: an older server without /models is still up
 
     async def _served_model(self) -> str:
         with self._call():
@@ -519,17 +542,18 @@ class EmberGateway:
         """
         payload = await self._chat_payload(messages, edits, sampling)
         attempts = _Attempts(self._retry)
-        while True:
-            yielded = False
-            try:
-                async for delta in self._stream_once(payload, attempts):
-                    yielded = True
-                    yield delta
-                return
-            except BackendError as error:
-                if yielded:
-                    raise
-                await attempts.backoff_or_raise(error)
+        with self._guard():
+            while True:
+                yielded = False
+                try:
+                    async for delta in self._stream_once(payload, attempts):
+                        yielded = True
+                        yield delta
+                    return
+                except BackendError as error:
+                    if yielded:
+                        raise
+                    await attempts.backoff_or_raise(error)
 
     async def _stream_once(
         self, payload: dict[str, Any], attempts: _Attempts
@@ -570,16 +594,21 @@ class EmberGateway:
             payload["controller"] = build_variant(model, edits).controller.json()
         return payload
 
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return self._breaker.call() if self._breaker else contextlib.nullcontext()
+
     @contextlib.contextmanager
     def _call(self) -> Iterator[None]:
-        """One gateway call: a shared retry deadline, and unreadable replies as typed errors."""
-        token = _call_deadline.set(time.monotonic() + self._retry.deadline)
-        try:
-            yield
-        except (ValueError, KeyError, TypeError, GoodfireBaseException) as error:
-            logger.warning(
-                "Ember backend sent a reply we could not read (%s)", type(error).__name__
-            )
-            raise BackendUnavailableError("unexpected reply from the server") from error
-        finally:
-            _call_deadline.reset(token)
+        """One gateway call: the breaker's say, a shared retry deadline, and unreadable replies
+        as typed errors."""
+        with self._guard():
+            token = _call_deadline.set(time.monotonic() + self._retry.deadline)
+            try:
+                yield
+            except (ValueError, KeyError, TypeError, GoodfireBaseException) as error:
+                logger.warning(
+                    "Ember backend sent a reply we could not read (%s)", type(error).__name__
+                )
+                raise BackendUnavailableError("unexpected reply from the server") from error
+            finally:
+                _call_deadline.reset(token)

@@ -1,8 +1,13 @@
-"""EmberService: sessions, named variants, steering, inspection and chat — no platform, no SQL."""
+"""EmberService: sessions, named variants, steering, inspection and chat — no platform, no SQL.
+
+It also admits the work: per-user and per-channel rate limits, one fair queue for backend calls,
+the lifecycle (no new work while shutting down), metrics, and log context for every turn.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -12,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from bot.conversation import build_messages
 from bot.errors import EmberBotError, UserInputError
+from bot.lifecycle import Lifecycle
+from bot.logs import log_context
+from bot.metrics import Metrics, TurnTimer
 from bot.models import (
     ChatMessage,
     FeatureActivation,
@@ -20,16 +28,19 @@ from bot.models import (
     SamplingOptions,
     VariantState,
 )
+from bot.ratelimit import BackendSlots, QueueCallback, Rate, RateLimiter
 from bot.settings import Settings
 from bot.variant_json import from_sdk_json, to_sdk_json
+from storage.health import database_problem
 from storage.store import DEFAULT_VARIANT, AuditEntry, Store, StoredMessage
 
 if TYPE_CHECKING:
     from bot.ember import EmberGateway
 
+log = logging.getLogger(__name__)
+
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 INDEX_QUERY = re.compile(r"^#?(\d+)$")
-MAX_QUERY_CHARS = 200
 RESET_SCOPES = ("steering", "history", "all")
 
 
@@ -77,12 +88,19 @@ def validate_steering_value(value: float) -> float:
     return 0.0 if value == 0 else float(value)
 
 
-def validate_query(query: str) -> str:
-    query = " ".join(query.split())
+def clean_text(text: str) -> str:
+    """Text that can be stored and sent: lone surrogates (unencodable) become U+FFFD."""
+    return text.encode("utf-8", errors="replace").decode("utf-8") if not text.isascii() else text
+
+
+def validate_query(query: str, limit: int) -> str:
+    query = " ".join(clean_text(query).split())
     if not query:
         raise UserInputError("Give some words to search for, e.g. `pirate`.")
-    if len(query) > MAX_QUERY_CHARS:
-        raise UserInputError(f"Search text is limited to {MAX_QUERY_CHARS} characters.")
+    if len(query) > limit:
+        raise UserInputError(
+            f"Search text is limited to {limit} characters; yours has {len(query)}."
+        )
     return query
 
 
@@ -96,12 +114,62 @@ def validate_variant_name(name: str) -> str:
     return name
 
 
+def _storable(variant: VariantState) -> VariantState:
+    """JSON can escape lone surrogates ("\\ud800"), which no database or request can carry."""
+    edits = {
+        index: replace(
+            edit,
+            feature=replace(
+                edit.feature,
+                label=clean_text(edit.feature.label),
+                uuid=clean_text(edit.feature.uuid),
+            ),
+        )
+        for index, edit in variant.edits.items()
+    }
+    return replace(variant, base_model=clean_text(variant.base_model), edits=edits)
+
+
 class EmberService:
-    def __init__(self, store: Store, gateway: EmberGateway, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        gateway: EmberGateway,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
         self._gateway = gateway
         self._settings = settings
         self._turn_locks: dict[str, asyncio.Lock] = {}
+        self.lifecycle = Lifecycle()
+        self.metrics = metrics or Metrics()
+        s = settings
+        self._chat_limits = RateLimiter(
+            "chat",
+            Rate(s.chat_user_burst, s.chat_user_per_minute),
+            Rate(s.chat_channel_burst, s.chat_channel_per_minute),
+        )
+        self._steer_limits = RateLimiter(
+            "steer",
+            Rate(s.steer_user_burst, s.steer_user_per_minute),
+            Rate(s.steer_channel_burst, s.steer_channel_per_minute),
+        )
+        self._slots = BackendSlots(s.backend_max_concurrency, s.backend_max_queue)
+        self.metrics.watch_slots(self._slots)
+
+    def admit_steering(self, session: SessionKey, actor: Actor) -> None:
+        """Count one steering command against the rate limits, or raise SlowDownError."""
+        self._steer_limits.admit(actor.user_id, str(session))
+
+    async def check_health(self, seconds: float) -> dict[str, str]:
+        """ "ok" or the problem, for the database (writable?) and the backend (answering?)."""
+        database, backend = await asyncio.gather(
+            asyncio.to_thread(database_problem, self._settings.database_path, seconds),
+            self._gateway.ping(seconds),
+        )
+        return {"database": database or "ok", "backend": backend or "ok"}
 
     # --- variants ----------------------------------------------------------------------------
 
@@ -172,7 +240,7 @@ class EmberService:
     ) -> VariantState:
         """Store a variant exported as `Variant.json()` under `name` and make it active."""
         name = validate_variant_name(name)
-        variant = from_sdk_json(text, name=name, max_edits=self._settings.max_edits_per_variant)
+        variant = self._parse_variant(name, text)
         listing = await self.list_variants(session)
         exists = any(v.name == name for v in listing.variants)
         if not exists and len(listing.variants) >= self._settings.max_variants_per_channel:
@@ -189,6 +257,16 @@ class EmberService:
         await self._store.set_active_variant(str(session), name, actor=str(actor))
         return variant
 
+    def _parse_variant(self, name: str, text: str) -> VariantState:
+        limit = self._settings.max_command_chars
+        if len(text) > limit:
+            raise UserInputError(f"Variant JSON is limited to {limit} characters; got {len(text)}.")
+        try:
+            variant = from_sdk_json(text, name=name, max_edits=self._settings.max_edits_per_variant)
+        except (ValueError, RecursionError):  # numbers past int limits, absurd nesting
+            raise UserInputError("That variant JSON could not be read.") from None
+        return _storable(variant)
+
     async def _require_variant(self, session: SessionKey, name: str) -> VariantState:
         variant = await self._store.get_variant(str(session), name)
         if variant is None:
@@ -202,15 +280,18 @@ class EmberService:
         top_k = self._settings.search_top_k if top_k is None else top_k
         if not 1 <= top_k <= 100:
             raise UserInputError(f"top_k must be between 1 and 100, got {top_k}.")
-        return await self._gateway.search_features(validate_query(query), top_k)
+        query = validate_query(query, self._settings.max_query_chars)
+        async with self._slots.slot():
+            return await self._gateway.search_features(query, top_k)
 
     async def resolve_feature(self, query: str) -> FeatureRef:
         """`#123` or `123` names a feature by index; anything else is the best search match."""
-        query = validate_query(query)
-        if match := INDEX_QUERY.match(query):
-            found = await self._gateway.lookup_features([int(match.group(1))])
-        else:
-            found = await self._gateway.search_features(query, 1)
+        query = validate_query(query, self._settings.max_query_chars)
+        async with self._slots.slot():
+            if match := INDEX_QUERY.match(query):
+                found = await self._gateway.lookup_features([int(match.group(1))])
+            else:
+                found = await self._gateway.search_features(query, 1)
         if not found:
             raise UserInputError(f'No feature matches "{query}". Try /features search <words>.')
         return found[0]
@@ -221,6 +302,7 @@ class EmberService:
         """Set one or many features on the active variant at once; all or nothing."""
         if not requests:
             raise UserInputError("Say what to steer, e.g. /steer pirate 0.5")
+        self._check_edit_limit(len(requests))
         values = [validate_steering_value(value) for _, value in requests]
         features = [await self.resolve_feature(query) for query, _ in requests]
         applied = [FeatureEdit(f, v) for f, v in zip(features, values, strict=True)]
@@ -311,13 +393,30 @@ class EmberService:
         author: Actor,
         text: str,
         on_delta: Callable[[str], Awaitable[None]],
+        on_queued: QueueCallback | None = None,
     ) -> ChatResult:
         """One chat turn: store the message, stream the reply through `on_delta`, store it.
 
-        Turns in one channel run one at a time; different channels run concurrently. Backend
-        errors do not raise: they end the turn and come back in `ChatResult.error`.
+        Turns in one channel run one at a time; different channels run concurrently. Refusals
+        (bad input, rate limits, a full backend queue, shutdown) raise UserInputError before
+        anything is stored; while the turn waits for a backend slot, `on_queued(position)`
+        hears its place in line. Backend errors do not raise: they end the turn and come back
+        in `ChatResult.error` with the partial reply, and so does a shutdown cutting it short.
         """
-        text = text.strip()
+        with log_context(session=str(session)):
+            try:
+                text = self._validate_message(text)
+                self._chat_limits.admit(author.user_id, str(session))
+                async with self.lifecycle.track():
+                    lock = self._turn_locks.setdefault(str(session), asyncio.Lock())
+                    async with lock:
+                        return await self._run_turn(session, author, text, on_delta, on_queued)
+            except UserInputError as error:
+                self.metrics.turn_refused(error)
+                raise
+
+    def _validate_message(self, text: str) -> str:
+        text = clean_text(text).strip()
         if not text:
             raise UserInputError("Say something to chat with the model.")
         limit = self._settings.max_message_chars
@@ -325,9 +424,7 @@ class EmberService:
             raise UserInputError(
                 f"Messages are limited to {limit} characters; yours has {len(text)}."
             )
-        lock = self._turn_locks.setdefault(str(session), asyncio.Lock())
-        async with lock:
-            return await self._run_turn(session, author, text, on_delta)
+        return text
 
     async def _run_turn(
         self,
@@ -335,26 +432,51 @@ class EmberService:
         author: Actor,
         text: str,
         on_delta: Callable[[str], Awaitable[None]],
+        on_queued: QueueCallback | None,
     ) -> ChatResult:
+        timer = self.metrics.start_turn()
         variant = await self.active_variant(session)
         key = str(session)
-        await self._store.append_message(key, "user", text, author.display_name)
-        history = await self._store.recent_messages(key, self._settings.history_max_messages)
-        messages = self._request_messages(history)
-        result = ChatResult("", variant)
+        async with self.lifecycle.interruptible():
+            await self._slots.acquire(on_queued)
+        try:
+            await self._store.append_message(key, "user", text, author.display_name)
+            history = await self._store.recent_messages(key, self._settings.history_max_messages)
+            messages = self._request_messages(history)
+            result = ChatResult("", variant)
+            result.text, result.error = await self._stream_reply(messages, variant, on_delta, timer)
+        finally:
+            self._slots.release()
+        if result.text:
+            await self._store.append_message(key, "assistant", result.text)
+        self.metrics.turn_ended(timer, result.error)
+        log.info(
+            "chat turn by %s ended: %s",
+            author.user_id,
+            type(result.error).__name__ if result.error else "ok",
+        )
+        return result
+
+    async def _stream_reply(
+        self,
+        messages: list[ChatMessage],
+        variant: VariantState,
+        on_delta: Callable[[str], Awaitable[None]],
+        timer: TurnTimer,
+    ) -> tuple[str, EmberBotError | None]:
+        """The reply's text as far as it got, and the error that stopped it, if any."""
         parts: list[str] = []
         stream = self._gateway.stream_chat(messages, variant.sorted_edits(), self._sampling())
         try:
-            async with aclosing(stream):
-                async for delta in stream:
-                    parts.append(delta)
-                    await on_delta(delta)
+            with self.metrics.streaming():
+                async with self.lifecycle.interruptible(), aclosing(stream):
+                    async for delta in stream:
+                        parts.append(delta)
+                        timer.first_token()
+                        await on_delta(delta)
         except EmberBotError as error:
-            result.error = error
-        result.text = "".join(parts)
-        if result.text:
-            await self._store.append_message(key, "assistant", result.text)
-        return result
+            return "".join(parts), error
+        return "".join(parts), None
 
     async def inspect(
         self, session: SessionKey, top_k: int | None = None
@@ -368,7 +490,9 @@ class EmberService:
         if not last:
             raise UserInputError("Nothing to inspect yet: chat with the bot first.")
         exchange = [ChatMessage(m.role, m.content) for m in last]
-        return await self._gateway.inspect(exchange, variant.sorted_edits(), top_k=top_k), exchange
+        async with self._slots.slot():
+            activations = await self._gateway.inspect(exchange, variant.sorted_edits(), top_k=top_k)
+        return activations, exchange
 
     def _request_messages(self, history: list[StoredMessage]) -> list[ChatMessage]:
         return build_messages(

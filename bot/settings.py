@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -114,6 +115,12 @@ class Settings(BaseSettings):
     slack_listen_channel_ids: str = Field(
         "", description="Comma-separated channel IDs where the bot answers every message."
     )
+    slack_http_host: str = Field(
+        "0.0.0.0", description="Address `ember-bot run` serves Slack's HTTP mode on."
+    )
+    slack_http_port: int = Field(
+        3000, ge=1, le=65_535, description="Port `ember-bot run` serves Slack's HTTP mode on."
+    )
 
     @field_validator("slack_api_url")
     @classmethod
@@ -174,18 +181,6 @@ class Settings(BaseSettings):
         description="Comma-separated channel IDs where the bot answers every message "
         "(turns on the privileged Message Content intent; enable it in the Developer Portal).",
     )
-    discord_chat_cooldown_seconds: float = Field(
-        5.0, ge=0, le=3600, description="Seconds a Discord user waits between chat turns."
-    )
-    discord_steer_cooldown_seconds: float = Field(
-        3.0, ge=0, le=3600, description="Seconds a Discord user waits between steering commands."
-    )
-    discord_channel_chats_per_minute: int = Field(
-        12, ge=1, le=1000, description="Chat turns one Discord channel may start per minute."
-    )
-    discord_channel_steers_per_minute: int = Field(
-        10, ge=1, le=1000, description="Steering commands one Discord channel may run per minute."
-    )
 
     @field_validator("discord_api_base")
     @classmethod
@@ -221,6 +216,104 @@ class Settings(BaseSettings):
         return frozenset(filter(None, self.discord_steer_roles.split(",")))
 
     # --- end discord ---
+
+    # --- reliability ---
+    chat_user_burst: int = Field(
+        5, ge=1, le=1000, description="Chat turns one user may start back to back."
+    )
+    chat_user_per_minute: float = Field(
+        12, ge=0, le=60_000, description="Chat turns a user regains per minute (0: no limit)."
+    )
+    chat_channel_burst: int = Field(
+        10, ge=1, le=1000, description="Chat turns one channel may start back to back."
+    )
+    chat_channel_per_minute: float = Field(
+        30, ge=0, le=60_000, description="Chat turns a channel regains per minute (0: no limit)."
+    )
+    steer_user_burst: int = Field(
+        10, ge=1, le=1000, description="Steering commands one user may run back to back."
+    )
+    steer_user_per_minute: float = Field(
+        30,
+        ge=0,
+        le=60_000,
+        description="Steering commands a user regains per minute (0: no limit).",
+    )
+    steer_channel_burst: int = Field(
+        20, ge=1, le=1000, description="Steering commands one channel may run back to back."
+    )
+    steer_channel_per_minute: float = Field(
+        60,
+        ge=0,
+        le=60_000,
+        description="Steering commands a channel regains per minute (0: no limit).",
+    )
+    backend_max_concurrency: int = Field(
+        8, ge=1, le=1000, description="Backend calls (reply streams included) in flight at once."
+    )
+    backend_max_queue: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="Requests that may wait for a backend slot; more are refused.",
+    )
+    breaker_failures: int = Field(
+        5, ge=1, le=1000, description="Failed backend calls in a row that pause all calls."
+    )
+    breaker_cooldown_seconds: float = Field(
+        15, gt=0, le=3600, description="How long calls stay paused before one probe is let through."
+    )
+    max_query_chars: int = Field(200, ge=1, le=10_000, description="Longest feature search text.")
+    max_command_chars: int = Field(
+        16_000, ge=100, le=1_000_000, description="Longest command line, imported JSON included."
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65_535, description="Port serving /metrics and /healthz (0: off)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
+    health_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="Time each /healthz check may take."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = Field("text", description="text, or json for one JSON object per line.")
+    shutdown_grace_seconds: float = Field(
+        20, ge=0, le=600, description="On SIGTERM/SIGINT, how long running replies may finish."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format_is_known(cls, value: str) -> str:
+        if value.lower() not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return value.lower()
+
+    # --- end reliability ---
+
+
+NO_BACKEND_HELP = """\
+No model backend is configured.
+  • Try it offline right now:   ember-bot console --serve tiny
+  • Or run the self-hosted server (pip install -e '.[server]'):
+        ember-bot serve --preset tiny        # then, in .env:
+        GOODFIRE_BASE_URL=http://127.0.0.1:8000
+  • Or point GOODFIRE_BASE_URL / GOODFIRE_API_KEY at any Ember-compatible server."""
+
+
+def load_settings_or_report(stream: TextIO = sys.stderr) -> Settings | None:
+    """Settings, or None after printing one `config error:` line per problem to `stream`."""
+    try:
+        return load_settings()
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"config error: {problem}", file=stream)
+        return None
 
 
 def load_settings(**overrides: object) -> Settings:

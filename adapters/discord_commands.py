@@ -1,0 +1,223 @@
+"""Slash commands generated from the command registry, and how one interaction runs them.
+
+Each registry Command becomes an app command (a first word shared by several paths becomes a
+group) whose options are typed from the Args. A callback validates the options and refuses
+the unauthorised at once, else defers, runs the command through the core (which also applies
+the rate limits) and sends the Reply as a follow-up: public normally, ephemeral for errors and
+private replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import discord
+from discord import app_commands
+from discord.utils import MISSING
+
+from adapters.discord_access import actor_for, can_steer, session_key
+from adapters.discord_render import NO_PINGS, render_reply, reply_file
+from bot.commands import (
+    Arg,
+    Command,
+    CommandContext,
+    Invocation,
+    Permission,
+    coerce_options,
+    run_command,
+)
+from bot.errors import EmberBotError, UserInputError
+from bot.lifecycle import ShuttingDownError
+from bot.render import shorten
+from bot.replies import Reply, error_reply
+
+log = logging.getLogger(__name__)
+
+AUTOCOMPLETE_DEADLINE = 2.5  # seconds; Discord ignores suggestions that come after 3 s
+MAX_CHOICES = 25
+MAX_CHOICE_NAME = 100
+MAX_DESCRIPTION = 100
+
+T = TypeVar("T")
+Choices = list[app_commands.Choice[str]]
+Completer = Callable[[discord.Interaction, str], Coroutine[Any, Any, Choices]]
+
+
+class SlashCommands:
+    """Builds the app commands for a CommandTree and runs the core for each interaction."""
+
+    def __init__(self, ctx: CommandContext) -> None:
+        self._ctx = ctx
+        self._steer_roles = ctx.settings.discord_steer_role_set
+        self._completers: dict[str, Completer] = {
+            "feature": self.complete_feature,
+            "variant": self.complete_variant,
+        }
+
+    def install(self, tree: app_commands.CommandTree) -> None:
+        registry = self._ctx.registry
+        for name in registry.top_level_names():
+            if (command := registry.get((name,))) is not None:
+                tree.add_command(self._app_command(command))
+                continue
+            group = app_commands.Group(
+                name=name, description=_fit_description(registry.group_descriptions.get(name, name))
+            )
+            for child in registry.children(name):
+                group.add_command(self._app_command(child))
+            tree.add_command(group)
+
+    # --- building ---------------------------------------------------------------------------
+
+    def _app_command(self, command: Command) -> app_commands.Command[Any, ..., None]:
+        callback = self._callback(command)
+        app_commands.describe(**{a.name: _fit_description(a.description) for a in command.args})(
+            callback
+        )
+        choices = {
+            a.name: [app_commands.Choice(name=c, value=c) for c in a.choices]
+            for a in command.args
+            if a.kind == "choice"
+        }
+        if choices:
+            app_commands.choices(**choices)(callback)
+        completers = {
+            a.name: self._completers[a.autocomplete] for a in command.args if a.autocomplete
+        }
+        if completers:
+            app_commands.autocomplete(**completers)(callback)
+        if command.permission is Permission.STEER and not self._steer_roles:
+            # a hint for Discord's UI; the check that counts is in `run`
+            app_commands.default_permissions(manage_messages=True)(callback)
+        return app_commands.Command(
+            name=command.path[-1],
+            description=_fit_description(command.description),
+            callback=callback,
+        )
+
+    def _callback(self, command: Command) -> Callable[..., Coroutine[Any, Any, None]]:
+        async def callback(interaction: discord.Interaction, **options: Any) -> None:
+            await self.run(interaction, command, options)
+
+        # discord.py reads option names and types from the signature
+        callback.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [
+                inspect.Parameter(
+                    "interaction",
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    annotation=discord.Interaction,
+                ),
+                *(_parameter(arg) for arg in command.args),
+            ]
+        )
+        return callback
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(
+        self, interaction: discord.Interaction, command: Command, options: dict[str, Any]
+    ) -> None:
+        try:
+            args = coerce_options(command, options)
+        except UserInputError as error:
+            await _answer_now(interaction, error_reply(error.user_message))
+            return
+        invocation = Invocation(
+            session_key(interaction.guild_id, interaction.channel_id),
+            actor_for(interaction.user),
+            args,
+            can_steer=can_steer(interaction.user, interaction.permissions, self._steer_roles),
+        )
+        if command.permission is Permission.STEER and not invocation.can_steer:
+            # run_command words the refusal without running the handler: answer at once
+            await _answer_now(interaction, await run_command(self._ctx, command, invocation))
+            return
+        try:
+            async with self._ctx.service.lifecycle.track():  # a shutdown waits for the follow-up
+                await interaction.response.defer(thinking=True)
+                await _follow_up(interaction, await run_command(self._ctx, command, invocation))
+        except ShuttingDownError as error:
+            await _answer_now(interaction, error_reply(error.user_message))
+
+    # --- autocomplete -----------------------------------------------------------------------
+
+    async def complete_feature(self, interaction: discord.Interaction, current: str) -> Choices:
+        """Features matching what the user has typed: name = label, value = "#index"."""
+        query = current.strip()
+        if not query or "=" in query:  # nothing yet, or batch syntax the user types freely
+            return []
+        search = self._ctx.service.search_features(query, MAX_CHOICES)
+        features = await _within_deadline(search, "feature search")
+        return [
+            app_commands.Choice(
+                name=shorten(f.label, MAX_CHOICE_NAME) or f"#{f.index_in_sae}",
+                value=f"#{f.index_in_sae}",
+            )
+            for f in (features or [])[:MAX_CHOICES]
+        ]
+
+    async def complete_variant(self, interaction: discord.Interaction, current: str) -> Choices:
+        session = session_key(interaction.guild_id, interaction.channel_id)
+        listing = await _within_deadline(self._ctx.service.list_variants(session), "variant list")
+        prefix = current.strip().lower()
+        names = [v.name for v in listing.variants if v.name.startswith(prefix)] if listing else []
+        return [app_commands.Choice(name=n, value=n) for n in names[:MAX_CHOICES]]
+
+
+async def _within_deadline(work: Awaitable[T], what: str) -> T | None:
+    """Suggestions are best effort: a slow or failing backend just means none."""
+    try:
+        return await asyncio.wait_for(work, AUTOCOMPLETE_DEADLINE)
+    except (EmberBotError, TimeoutError) as error:
+        log.info("autocomplete %s gave up: %s", what, error)
+        return None
+
+
+def _parameter(arg: Arg) -> inspect.Parameter:
+    annotation = _annotation(arg)
+    return inspect.Parameter(
+        arg.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=annotation if arg.required else annotation | None,
+        default=inspect.Parameter.empty if arg.required else None,
+    )
+
+
+def _annotation(arg: Arg) -> Any:
+    """The option type: text and choices are strings, numbers keep their min/max."""
+    if arg.kind in ("text", "choice"):
+        return str
+    number_type = int if arg.kind == "integer" else float
+    if arg.minimum is None and arg.maximum is None:
+        return number_type
+    low = None if arg.minimum is None else number_type(arg.minimum)
+    high = None if arg.maximum is None else number_type(arg.maximum)
+    return app_commands.Range[number_type, low, high]
+
+
+def _fit_description(text: str) -> str:
+    return shorten(text, MAX_DESCRIPTION) or "…"
+
+
+async def _answer_now(interaction: discord.Interaction, reply: Reply) -> None:
+    await interaction.response.send_message(
+        render_reply(reply), ephemeral=True, allowed_mentions=NO_PINGS
+    )
+
+
+async def _follow_up(interaction: discord.Interaction, reply: Reply) -> None:
+    """Replace the deferred "thinking…" with the reply; private replies go only to the caller."""
+    private = reply.ephemeral or reply.is_error
+    if private:
+        # the deferred placeholder is public; a private reply must not land in it
+        await interaction.delete_original_response()
+    await interaction.followup.send(
+        render_reply(reply),
+        ephemeral=private,
+        file=reply_file(reply) or MISSING,
+        allowed_mentions=NO_PINGS,
+    )

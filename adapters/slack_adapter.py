@@ -1,0 +1,247 @@
+"""`ember-bot slack`: the Slack bot on slack-bolt's AsyncApp, in Socket Mode or HTTP mode.
+
+    ember-bot slack                       # Socket Mode: SLACK_BOT_TOKEN + SLACK_APP_TOKEN
+    ember-bot slack --http --port 3000    # HTTP mode: SLACK_BOT_TOKEN + SLACK_SIGNING_SECRET
+    ember-bot slack manifest              # print the app manifest for the configured commands
+
+Slash commands and pickers live in slack_commands, streamed chat in slack_chat, Block Kit and
+escaping in slack_render, the manifest in slack_manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack_chat import SlackChat
+from adapters.slack_commands import SlackCommands
+from adapters.slack_manifest import build_manifest, manifest_yaml
+from adapters.slack_permissions import SteerPermissions
+from adapters.slack_render import SlackRenderer
+from bot.commands import CommandContext
+from bot.handlers import build_registry
+from bot.logs import configure_logging
+from bot.settings import Settings, load_settings_or_report
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+RATE_LIMIT_RETRIES = 3  # each waits for Slack's Retry-After
+
+
+class SlackSetupError(Exception):
+    """Slack refused our credentials or could not be reached; the message says which."""
+
+
+class SlackBot:
+    """The Bolt app wired to the core: slash commands, feature pickers and streamed chat."""
+
+    def __init__(self, ctx: CommandContext, *, clock: Callable[[], float] = time.monotonic) -> None:
+        settings = ctx.settings
+        self.client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(),
+            base_url=settings.slack_api_url,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
+            ],
+        )
+        with without_token_warning():
+            self.app = AsyncApp(
+                client=self.client,
+                signing_secret=settings.slack_signing_secret.get_secret_value(),
+                name="ember-bot",
+            )
+        renderer = SlackRenderer(
+            settings.slack_command_prefix, tuple(ctx.registry.top_level_names())
+        )
+        permissions = SteerPermissions(
+            self.client, settings.slack_steer_user_ids, settings.slack_steer_usergroup_ids
+        )
+        SlackCommands(ctx, permissions, renderer).register(self.app)
+        SlackChat(ctx, settings.slack_listen_channels, clock=clock).register(self.app)
+
+    async def verify(self, app_token: str | None = None) -> None:
+        """Fail fast, with a clear message, on a wrong token or an unreachable Slack."""
+        await self._check("SLACK_BOT_TOKEN", self.client.auth_test())
+        if app_token is not None:
+            await self._check(
+                "SLACK_APP_TOKEN", self.client.apps_connections_open(app_token=app_token)
+            )
+
+    async def _check(self, setting: str, call: Awaitable[Any]) -> None:
+        try:
+            await call
+        except SlackApiError as error:
+            raise SlackSetupError(
+                f"Slack rejected {setting}: {error.response.get('error')}."
+            ) from None
+        except aiohttp.ClientError as error:
+            raise SlackSetupError(
+                f"Could not reach Slack at {self.client.base_url} ({error})."
+            ) from None
+
+
+class _SameTokenWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+@contextmanager
+def without_token_warning() -> Iterator[None]:
+    """AsyncApp reads SLACK_BOT_TOKEN from the environment itself, then warns that the
+    client's token wins; it is the same token, so the warning would only alarm people."""
+    logger = logging.getLogger("slack_bolt.AsyncApp")
+    quiet = _SameTokenWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+@asynccontextmanager
+async def http_server(bot: SlackBot, host: str, port: int) -> AsyncIterator[web.AppRunner]:
+    """Serve Slack's requests (commands, events, interactions) at EVENTS_PATH."""
+    server = bot.app.server(port=port, path=EVENTS_PATH, host=host)
+    runner = web.AppRunner(server.web_app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def socket_mode(bot: SlackBot, app_token: str) -> AsyncIterator[AsyncSocketModeHandler]:
+    handler = AsyncSocketModeHandler(bot.app, app_token)
+    try:
+        await handler.connect_async()
+        yield handler
+    finally:
+        await handler.close_async()
+
+
+async def serve(ctx: CommandContext, *, http: bool, host: str, port: int) -> None:
+    """Run the Slack bot until cancelled; `run` runs it under bot.app.run_app (drain on SIGTERM)."""
+    bot = SlackBot(ctx)
+    if http:
+        await bot.verify()
+        async with http_server(bot, host, port):
+            log.info("listening for Slack on http://%s:%d%s", host, port, EVENTS_PATH)
+            await asyncio.Event().wait()
+    else:
+        app_token = ctx.settings.slack_app_token.get_secret_value()
+        await bot.verify(app_token)
+        async with socket_mode(bot, app_token):
+            log.info("connected to Slack (Socket Mode)")
+            await asyncio.Event().wait()
+
+
+def missing_credentials(settings: Settings, *, http: bool) -> list[str]:
+    required = [
+        ("SLACK_BOT_TOKEN", settings.slack_bot_token, "the bot token (xoxb-...)"),
+        (
+            ("SLACK_SIGNING_SECRET", settings.slack_signing_secret, "needed for --http")
+            if http
+            else (
+                "SLACK_APP_TOKEN",
+                settings.slack_app_token,
+                "an app-level token (xapp-...) with connections:write, or run with --http",
+            )
+        ),
+    ]
+    return [
+        f"{name} is not set: {what}."
+        for name, value, what in required
+        if not value.get_secret_value()
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ember-bot slack",
+        description="Run the Slack bot (Socket Mode by default), or `manifest` to print the app "
+        "manifest.",
+    )
+    parser.add_argument("--http", action="store_true", help="serve HTTP instead of Socket Mode")
+    parser.add_argument("--host", help="HTTP mode: address to bind (default SLACK_HTTP_HOST)")
+    parser.add_argument("--port", type=int, help="HTTP mode: port (default SLACK_HTTP_PORT)")
+    return parser
+
+
+def build_manifest_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ember-bot slack manifest", description="Print the Slack app manifest (YAML)."
+    )
+    parser.add_argument(
+        "--request-url",
+        help=f"for HTTP mode: the public URL of {EVENTS_PATH} (default: Socket Mode)",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for `ember-bot slack ...`; `argv` are the words after `slack`."""
+    manifest = argv[:1] == ["manifest"]
+    if manifest:
+        args = build_manifest_parser().parse_args(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    settings = load_settings_or_report()
+    if settings is None:
+        return 2
+    if manifest:
+        return print_manifest(settings, args.request_url)
+    host = args.host or settings.slack_http_host
+    return run(settings, http=args.http, host=host, port=args.port or settings.slack_http_port)
+
+
+def print_manifest(settings: Settings, request_url: str | None) -> int:
+    manifest = build_manifest(
+        build_registry(), prefix=settings.slack_command_prefix, request_url=request_url
+    )
+    print(manifest_yaml(manifest), end="")
+    return 0
+
+
+def run(settings: Settings, *, http: bool, host: str, port: int) -> int:
+    problems = missing_credentials(settings, http=http)
+    if not settings.has_backend:
+        problems.append("No model backend: set GOODFIRE_BASE_URL (and GOODFIRE_API_KEY).")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 2
+    from bot.app import run_app  # imports goodfire (slow); `slack manifest` needs none of it
+
+    logging_setup = configure_logging(settings)
+    try:
+        asyncio.run(run_app(settings, partial(serve, http=http, host=host, port=port)))
+    except SlackSetupError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        pass
+    finally:
+        logging_setup.close()
+    return 0

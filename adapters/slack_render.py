@@ -1,0 +1,200 @@
+"""Slack text and Block Kit: escaping both ways, Replies as messages, the feature picker.
+
+Everything we send goes through `escape`, so model output and echoed user text can never
+notify anyone (`<!channel>`, `<@U..>`) and always renders literally.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bot.models import FeatureRef
+from bot.render import render_table, shorten
+from bot.replies import Reply, Table
+
+SECTION_LIMIT = 3_000  # characters of mrkdwn in one section block
+MAX_BLOCKS = 50
+MAX_TEXT_CHARS = 35_000  # Slack cuts messages at 40,000 characters
+MAX_TABLE_ROWS = 50
+OPTION_TEXT_LIMIT = 75  # plain_text of a select option
+MAX_OPTIONS = 100
+STRENGTHS = (-0.5, -0.3, 0.3, 0.5, 0.8)
+
+FEATURE_SELECT = "ember_feature"
+STRENGTH_BUTTON = re.compile(r"^ember_strength_\d+$")
+
+_ENTITY = re.compile(r"<([^<>]*)>")
+Block = dict[str, Any]
+
+
+def escape(text: str) -> str:
+    """Slack's escaping of &, < and >: control sequences become literal text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def plain_text(text: str, bot_user_id: str | None = None) -> str:
+    """Incoming Slack markup as plain words: our own mention dropped, entities readable."""
+
+    def readable(match: re.Match[str]) -> str:
+        target, _, label = match.group(1).partition("|")
+        if bot_user_id and target == f"@{bot_user_id}":
+            return ""
+        if target.startswith(("@", "#")):
+            return target[0] + label.lstrip("@#") if label else target
+        if target.startswith("!"):
+            return label or "@" + target[1:].split("^")[0]
+        return label or target
+
+    text = _ENTITY.sub(readable, text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """`text` is escaped mrkdwn; with blocks it is the notification/accessibility fallback."""
+
+    text: str
+    blocks: list[Block] | None = None
+
+
+@dataclass(frozen=True)
+class SlackRenderer:
+    """Renders core Replies for Slack, naming commands with the configured prefix."""
+
+    prefix: str
+    command_names: tuple[str, ...]
+
+    def text(self, raw: str) -> str:
+        """Escaped, with `/steer` written as the prefixed name the workspace knows."""
+        escaped = escape(raw)
+        if not self.prefix or not self.command_names:
+            return escaped
+        names = "|".join(re.escape(name) for name in self.command_names)
+        return re.sub(rf"(?<![\w/])/({names})\b", rf"/{self.prefix}\1", escaped)
+
+    def command(self, name: str) -> str:
+        return f"/{self.prefix}{name}"
+
+    def reply(self, reply: Reply) -> SlackMessage:
+        if reply.feature_choices:
+            return SlackMessage(self._limited(reply.text), self._picker(reply))
+        if reply.table is not None:
+            return SlackMessage(self._limited(reply.text or reply.table.title), self._table(reply))
+        return SlackMessage(self._limited(reply.text))
+
+    def fallback(self, reply: Reply) -> SlackMessage:
+        """The same reply without blocks, for when Slack rejects them."""
+        if reply.table is None:
+            return SlackMessage(self._limited(reply.text))
+        table = f"```{escape(render_table(reply.table, max_rows=MAX_TABLE_ROWS))}```"
+        intro = f"{self._limited(reply.text)}\n" if reply.text else ""
+        return SlackMessage(intro + table)
+
+    def _limited(self, raw: str) -> str:
+        return self.text(cut(raw, MAX_TEXT_CHARS))
+
+    def _table(self, reply: Reply) -> list[Block]:
+        assert reply.table is not None
+        blocks = [section(self.text(reply.text))] if reply.text else []
+        return blocks + table_blocks(reply.table, MAX_BLOCKS - len(blocks))
+
+    def _picker(self, reply: Reply) -> list[Block]:
+        header = reply.text.split("\n", 1)[0] or "Choose a feature:"
+        tip = (
+            "Pick a feature and a strength, or type "
+            f"`{self.command('steer')} #<index> <strength>` (-1 to 1)."
+        )
+        return [
+            section(self.text(header)),
+            {
+                "type": "actions",
+                "block_id": "ember_picker",
+                "elements": [feature_select(reply.feature_choices), *strength_buttons(reply)],
+            },
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(tip)}]},
+        ]
+
+
+def section(mrkdwn: str) -> Block:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}
+
+
+def table_blocks(table: Table, max_blocks: int = MAX_BLOCKS) -> list[Block]:
+    """A bold title, then the bar rows in code blocks, each section within Slack's limit."""
+    title, *rows = render_table(table, max_rows=MAX_TABLE_ROWS).split("\n")
+    chunks = chunk_lines([escape(row) for row in rows], SECTION_LIMIT - len("``````"))
+    blocks = [section(f"*{escape(shorten(title, SECTION_LIMIT - 2))}*")]
+    blocks += [section(f"```{chunk}```") for chunk in chunks]
+    if len(blocks) > max_blocks:
+        hidden = len(blocks) - max_blocks + 1
+        blocks = [*blocks[: max_blocks - 1], section(f"_… {hidden} more sections not shown_")]
+    return blocks
+
+
+def chunk_lines(lines: list[str], limit: int) -> list[str]:
+    """Join lines into chunks of at most `limit` characters; overlong lines are cut."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in (shorten(line, limit) if len(line) > limit else line for line in lines):
+        if current and size + 1 + len(line) > limit:
+            chunks.append("\n".join(current))
+            current, size = [], 0
+        size += len(line) + (1 if current else 0)
+        current.append(line)
+    if current:
+        chunks.append("\n".join(current))
+    return chunks
+
+
+def feature_select(choices: list[FeatureRef]) -> Block:
+    options = [
+        {
+            "text": {
+                "type": "plain_text",
+                "text": shorten(f"#{f.index_in_sae} {f.label}", OPTION_TEXT_LIMIT),
+            },
+            "value": str(f.index_in_sae),
+        }
+        for f in choices[:MAX_OPTIONS]
+    ]
+    return {
+        "type": "static_select",
+        "action_id": FEATURE_SELECT,
+        "placeholder": {"type": "plain_text", "text": "Choose a feature"},
+        "initial_option": options[0],
+        "options": options,
+    }
+
+
+def strength_buttons(reply: Reply) -> list[Block]:
+    """One button per strength; each carries the first match, used if nothing was selected."""
+    default = reply.feature_choices[0].index_in_sae
+    return [
+        {
+            "type": "button",
+            "action_id": f"ember_strength_{number}",
+            "text": {"type": "plain_text", "text": f"{strength:+.1f}"},
+            "value": json.dumps({"feature": default, "value": strength}),
+        }
+        for number, strength in enumerate(STRENGTHS)
+    ]
+
+
+def selected_feature(state: dict[str, Any]) -> int | None:
+    """The feature chosen in a picker's select menu, from a block_actions payload's state."""
+    for block in state.get("values", {}).values():
+        option = block.get(FEATURE_SELECT, {}).get("selected_option")
+        if option:
+            return int(option["value"])
+    return None
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, line breaks kept (unlike render.shorten)."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"

@@ -1,0 +1,567 @@
+"""The inference engine: one causal LM with an SAE on one layer's residual stream, and steering.
+
+Steering units
+--------------
+A forward hook on decoder layer `bundle.layer` sees the residual stream `h` ([tokens, d_in]) that
+the SAE reads. Interventions act on the SAE feature activations `a = sae.encode(h)` and reach the
+model as the change they make to the SAE's output, so the SAE's reconstruction error is kept:
+
+    h' = h + sum_i (a'_i - a_i) * W_dec[i]
+
+with, for a value v on feature i:
+
+    nudge  a'_i = a_i + v * scale_i      (adds v * scale_i * W_dec[i] at every position)
+    pin    a'_i = v * scale_i            (v = 0 ablates the feature)
+    mul    a'_i = a_i * v
+
+    scale_i = STEERING_STRENGTH * residual_norm / ||W_dec[i]||
+
+`residual_norm` is the median L2 norm of the residual stream at the hooked layer, measured at load
+time over CALIBRATION_PROMPTS (first position excluded: it is an attention sink with an outsized
+norm). So a nudge of +1 adds a vector half as long as a typical residual-stream vector: a strong
+push that models still answer coherently through, as Ember's +-1 was; +-0.3 to 0.5 is gentle.
+
+Conditional scopes (`set_when`, `abort_when`) compare feature activations in the SAE's own units
+(the same numbers compute-features reports), after the interventions of the enclosing controller.
+They are checked on every generated token (prompt tokens only count for compute-features and
+compute-logits, where there is no generation). A scope switches on at the first token where its
+condition holds and stays on for the rest of the request; a scope with an event name reports the
+name and ends the generation there.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jinja2.exceptions import TemplateError
+
+from server.controller import EMPTY_PLAN, Scope, SteeringPlan
+from server.decoding import IncrementalDetokenizer, StopMatcher, sample_next_token
+from server.presets import ModelBundle
+from server.sae import SparseAutoencoder
+from server.worker import InferenceWorker
+
+STEERING_STRENGTH = 0.5
+CALIBRATION_PROMPTS = (
+    "Hello! How are you today?",
+    "Explain in two sentences how a bicycle stays upright.",
+    "Write a short poem about the sea at night.",
+    "What is the capital of France, and why is it famous?",
+)
+REPORTED_FEATURES = 64
+DEFAULT_MAX_TOKENS = 512
+
+Aggregate = Literal["count", "mean", "max", "sum"]
+Purpose = Literal["generate", "score", "read"]
+
+
+class PromptError(ValueError):
+    """The conversation cannot be fed to the model (template refused it, or it is too long)."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.6
+    top_p: float = 0.9
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: Literal["stop", "length", "abort"]
+    events: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenActivations:
+    token: str
+    activations: list[tuple[int, float]]  # (feature index, activation), strongest first
+
+
+@dataclass(frozen=True)
+class FeatureAttribution:
+    index: int
+    value: float  # estimated drop of the target logits if the feature were ablated
+    activations: list[tuple[int, float]]  # (token position, activation) where it is active
+
+
+class _StopForward(Exception):
+    """Raised by the hook to skip the layers after the SAE when only activations are needed."""
+
+
+class _SteeringPass:
+    """One request's steering across its forward passes (prefill, then one pass per token).
+
+    Called by the layer hook with the residual stream of the newest positions; keeps the
+    position counter and which scopes have switched on. See the module docstring for the math.
+    """
+
+    def __init__(
+        self,
+        sae: SparseAutoencoder,
+        scale: torch.Tensor,
+        plan: SteeringPlan,
+        *,
+        watch_from: int,
+        capture_features: bool = False,
+        stop_after_layer: bool = False,
+        track_gradient: bool = False,
+    ) -> None:
+        self._sae = sae
+        self._scale = scale
+        self.plan = plan
+        self.watch_from = watch_from
+        self.capture_features = capture_features
+        self.stop_after_layer = stop_after_layer
+        self.track_gradient = track_gradient
+        self.position = 0
+        self.events: list[str] = []
+        self.residual: torch.Tensor | None = None
+        self.features: torch.Tensor | None = None
+        self._latched: set[tuple[int, ...]] = set()
+        touched = sorted({edit.index for part in plan.walk() for edit in part.edits})
+        self._touched = torch.tensor(touched, dtype=torch.long, device=scale.device)
+        self._nudge = self._constant_nudge() if plan.only_nudges and plan.edits else None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Steer `hidden` ([1, tokens, d_in]) and return the residual stream to continue with."""
+        count = hidden.shape[1]
+        positions = torch.arange(self.position, self.position + count, device=self._scale.device)
+        self.position += count
+        self.residual = hidden
+        if self._nudge is not None and not self.capture_features:
+            return hidden + self._nudge.to(hidden.dtype)
+        if self.plan.is_empty and not self.capture_features:
+            return hidden
+        residual = hidden[0].to(self._sae.W_dec.dtype)
+        activations = self._sae.encode(residual)
+        edited = activations.clone()
+        everywhere = torch.ones_like(positions, dtype=torch.bool)
+        self._apply(self.plan, edited, everywhere, positions >= self.watch_from, ())
+        if self.capture_features:
+            self.features = edited
+        if not len(self._touched):
+            return hidden
+        change = edited[:, self._touched] - activations[:, self._touched]
+        delta = change @ self._sae.W_dec[self._touched]
+        return hidden + delta.to(hidden.dtype).unsqueeze(0)
+
+    def _apply(
+        self,
+        plan: SteeringPlan,
+        features: torch.Tensor,
+        active: torch.Tensor,
+        watched: torch.Tensor,
+        path: tuple[int, ...],
+    ) -> None:
+        for edit in plan.edits:
+            current = features[:, edit.index]
+            target = self._edited(edit.mode, edit.value, edit.index, current)
+            features[:, edit.index] = torch.where(active, target, current)
+        for number, scope in enumerate(plan.scopes):
+            key = (*path, number)
+            switched_on = self._switched_on(scope, key, features, active & watched)
+            self._apply(scope.plan, features, switched_on, watched, key)
+
+    def _edited(self, mode: str, value: float, index: int, current: torch.Tensor) -> torch.Tensor:
+        scaled = value * float(self._scale[index])
+        if mode == "nudge":
+            return current + scaled
+        if mode == "pin":
+            return torch.full_like(current, scaled)
+        return current * value
+
+    def _switched_on(
+        self, scope: Scope, key: tuple[int, ...], features: torch.Tensor, checked: torch.Tensor
+    ) -> torch.Tensor:
+        """Positions where `scope` is on: from the first checked position where it holds."""
+        if key in self._latched:
+            return torch.ones_like(checked)
+        holds = scope.trigger.holds(lambda group: features[:, list(group)].amax(dim=1))
+        on = torch.cumsum(holds & checked, dim=0) > 0
+        if bool(on.any()):
+            self._latched.add(key)
+            if scope.event_name:
+                self.events.append(scope.event_name)
+        return on
+
+    def _constant_nudge(self) -> torch.Tensor:
+        nudge = torch.zeros_like(self._sae.W_dec[0])
+        for edit in self.plan.edits:
+            nudge += edit.value * self._scale[edit.index] * self._sae.W_dec[edit.index]
+        return nudge
+
+
+class Runtime:
+    """Every model-backed operation of the API, run on one worker thread."""
+
+    def __init__(self, bundle: ModelBundle, *, strength: float = STEERING_STRENGTH) -> None:
+        self.bundle = bundle
+        # Any: transformers types its results as unions over every return mode.
+        self.tokenizer: Any = bundle.tokenizer
+        self.model = bundle.model
+        self.device = next(self.model.parameters()).device
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
+        self._local = threading.local()
+        # transformers 5.x renamed `past_key_values` to `cache` (argument and output field).
+        parameters = inspect.signature(self.model.forward).parameters
+        self._cache_name = "cache" if "cache" in parameters else "past_key_values"
+        self._hook = self.model.model.layers[bundle.layer].register_forward_hook(self._on_layer)
+        self._decoder_norms = bundle.sae.W_dec.detach().norm(dim=1).clamp_min(1e-8)
+        self._special_ids = set(self.tokenizer.all_special_ids)
+        self._worker = InferenceWorker()
+        self.residual_norm = self._measure_residual_norm()
+        self.scale = (strength * self.residual_norm / self._decoder_norms).detach()
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.bundle.sae.W_dec.shape[0])
+
+    def close(self) -> None:
+        self._worker.close()
+        self._hook.remove()
+
+    # ---- prompts -------------------------------------------------------------------------
+
+    def encode_chat(self, messages: Sequence[dict[str, str]], purpose: Purpose) -> list[int]:
+        """Token ids of `messages` through the chat template.
+
+        `generate` opens a new assistant turn; `score` continues a final assistant message (or
+        opens a turn after a user message) so the next-token logits are the reply's; `read` is
+        the conversation as it stands.
+        """
+        text = self._render(list(messages), purpose)
+        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        if len(ids) >= self.context_length:
+            raise PromptError(
+                f"The conversation is {len(ids)} tokens; this model reads at most "
+                f"{self.context_length - 1}. Shorten it or start a new one."
+            )
+        return ids
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.decode([token_id]) for token_id in ids]
+
+    def _render(self, messages: list[dict[str, str]], purpose: Purpose) -> str:
+        ends_with_reply = messages[-1]["role"] == "assistant"
+        options = {
+            "add_generation_prompt": purpose == "generate"
+            or (purpose == "score" and not ends_with_reply),
+            "continue_final_message": purpose == "score" and ends_with_reply,
+        }
+        try:
+            return self._apply_template(messages, options)
+        except TemplateError as error:
+            if messages[0]["role"] != "system" or len(messages) < 2:
+                raise PromptError(f"The model's chat template refused this: {error}") from error
+            # Some templates (Gemma's) have no system role: fold it into the first turn.
+            merged = {
+                **messages[1],
+                "content": f"{messages[0]['content']}\n\n{messages[1]['content']}",
+            }
+            return self._render([merged, *messages[2:]], purpose)
+
+    def _apply_template(self, messages: list[dict[str, str]], options: dict[str, bool]) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, **options)
+        except ValueError:
+            if not options["continue_final_message"]:
+                raise
+            # The template reshapes the final message, so it cannot be continued in place.
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def generate(
+        self, prompt: list[int], options: SamplingOptions, plan: SteeringPlan
+    ) -> AsyncGenerator[TextChunk | Finish, None]:
+        """Stream the reply to `prompt`: text chunks, then one Finish."""
+        return self._worker.stream(self._generation_steps(prompt, options, plan))
+
+    def _generation_steps(
+        self, prompt: list[int], options: SamplingOptions, plan: SteeringPlan
+    ) -> Iterator[TextChunk | Finish]:
+        steering = self._pass(plan, watch_from=len(prompt))
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(
+            options.seed % 2**64 if options.seed is not None else generator.seed()
+        )
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        stops = StopMatcher(options.stop)
+        stop_ids = self._stop_token_ids(options.stop)
+        budget = min(options.max_tokens, self.context_length - len(prompt))
+        cache, inputs, produced = None, prompt, 0
+        reason: Literal["stop", "length", "abort"] = "length"
+        while produced < budget:
+            logits, cache = self._forward(inputs, steering, cache)
+            if steering.events:
+                reason = "abort"
+                break
+            token = sample_next_token(
+                logits, temperature=options.temperature, top_p=options.top_p, generator=generator
+            )
+            produced += 1
+            if token in stop_ids:
+                reason = "stop"
+                break
+            if text := stops.push(detokenizer.push(token)):
+                yield TextChunk(text)
+            if stops.stopped:
+                reason = "stop"
+                break
+            inputs = [token]
+        if tail := stops.flush():
+            yield TextChunk(tail)
+        yield Finish(reason, tuple(steering.events), len(prompt), produced)
+
+    def _stop_token_ids(self, stop: Sequence[str]) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        vocabulary = self.tokenizer.get_vocab()
+        ids.update(vocabulary[text] for text in stop if text in vocabulary)
+        return {token_id for token_id in ids if token_id is not None}
+
+    # ---- reading the model ---------------------------------------------------------------
+
+    async def inspect(
+        self,
+        prompt: list[int],
+        plan: SteeringPlan,
+        aggregate_by: Aggregate,
+        include: Sequence[int] | None,
+    ) -> list[TokenActivations]:
+        """Per-token activations of the features that matter for this conversation.
+
+        The features reported are `include` when given, else the REPORTED_FEATURES with the
+        highest `aggregate_by` over the conversation's non-special tokens.
+        """
+        return await self._worker.call(lambda: self._inspect(prompt, plan, aggregate_by, include))
+
+    def _inspect(
+        self,
+        prompt: list[int],
+        plan: SteeringPlan,
+        aggregate_by: Aggregate,
+        include: Sequence[int] | None,
+    ) -> list[TokenActivations]:
+        features = self._features(prompt, plan)
+        if include is None:
+            chosen = self._strongest(features[self._content_positions(prompt)], aggregate_by)
+        else:
+            chosen = torch.tensor(sorted(set(include)), dtype=torch.long, device=features.device)
+        values = features[:, chosen]
+        rows = []
+        for token, row in zip(self.token_strings(prompt), values.tolist(), strict=True):
+            pairs = [
+                (int(index), value)
+                for index, value in zip(chosen.tolist(), row, strict=True)
+                if value > 0 or include is not None
+            ]
+            pairs.sort(key=lambda pair: pair[1], reverse=True)
+            rows.append(TokenActivations(token, pairs))
+        return rows
+
+    async def logits(
+        self, prompt: list[int], plan: SteeringPlan, top_k: int, vocabulary: Sequence[str] | None
+    ) -> dict[str, float]:
+        """The `top_k` next-token logits, keyed by token text (or by the strings asked for)."""
+        return await self._worker.call(lambda: self._logits(prompt, plan, top_k, vocabulary))
+
+    def _logits(
+        self, prompt: list[int], plan: SteeringPlan, top_k: int, vocabulary: Sequence[str] | None
+    ) -> dict[str, float]:
+        logits, _ = self._forward(prompt, self._pass(plan, watch_from=0), None)
+        if vocabulary is not None:
+            candidates = {text: self._first_token(text) for text in vocabulary}
+            scored = [(float(logits[i]), text) for text, i in candidates.items() if i is not None]
+            return {text: value for value, text in sorted(scored, reverse=True)[:top_k]}
+        values, ids = torch.topk(logits.float(), min(top_k, logits.shape[-1]))
+        result: dict[str, float] = {}
+        for value, token in zip(values.tolist(), self.token_strings(ids.tolist()), strict=True):
+            result.setdefault(token, value)
+        return result
+
+    def _first_token(self, text: str) -> int | None:
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return ids[0] if ids else None
+
+    async def contrast(
+        self, dataset_1: list[list[int]], dataset_2: list[list[int]], k_1: int, k_2: int
+    ) -> tuple[list[int], list[int]]:
+        """Features whose mean activation is higher in dataset 1 (top k_1) and in 2 (top k_2)."""
+        return await self._worker.call(lambda: self._contrast(dataset_1, dataset_2, k_1, k_2))
+
+    def _contrast(
+        self, dataset_1: list[list[int]], dataset_2: list[list[int]], k_1: int, k_2: int
+    ) -> tuple[list[int], list[int]]:
+        difference = self._mean_features(dataset_2) - self._mean_features(dataset_1)
+        toward_1, toward_2 = _top_positive(-difference, k_1), _top_positive(difference, k_2)
+        return toward_1.tolist(), toward_2.tolist()
+
+    def _mean_features(self, prompts: list[list[int]]) -> torch.Tensor:
+        means = [
+            self._features(prompt, EMPTY_PLAN)[self._content_positions(prompt)].mean(dim=0)
+            for prompt in prompts
+        ]
+        return torch.stack(means).mean(dim=0)
+
+    async def neighbors(self, indices: Sequence[int], top_k: int) -> list[tuple[int, float]]:
+        """Features whose decoder directions are closest (cosine) to the mean of `indices`'."""
+        return await self._worker.call(lambda: self._neighbors(indices, top_k))
+
+    def _neighbors(self, indices: Sequence[int], top_k: int) -> list[tuple[int, float]]:
+        decoder = self.bundle.sae.W_dec.detach()
+        query_rows = torch.tensor(list(indices), dtype=torch.long, device=decoder.device)
+        direction = (decoder[query_rows] / self._decoder_norms[query_rows, None]).mean(dim=0)
+        cosine = (decoder @ direction) / (self._decoder_norms * direction.norm().clamp_min(1e-8))
+        cosine[query_rows] = -torch.inf
+        values, found = torch.topk(cosine, min(top_k, self.d_sae - len(set(indices))))
+        return list(zip(found.tolist(), values.tolist(), strict=True))
+
+    async def attribute(
+        self, prompt: list[int], start: int, end: int, top_k: int
+    ) -> list[FeatureAttribution]:
+        """Features whose activations most raise the logits of tokens start..end of `prompt`.
+
+        Linear estimate (gradient times activation) of how much the target tokens' logits would
+        drop if each feature were ablated at every earlier position.
+        """
+        return await self._worker.call(lambda: self._attribute(prompt, start, end, top_k))
+
+    def _attribute(
+        self, prompt: list[int], start: int, end: int, top_k: int
+    ) -> list[FeatureAttribution]:
+        residual, target = self._residual_gradient(prompt, start, end)
+        with torch.inference_mode():
+            features = self.bundle.sae.encode(residual.to(self.bundle.sae.W_dec.dtype))
+            effect = features * (target.to(features.dtype) @ self.bundle.sae.W_dec.T)
+            totals = effect.sum(dim=0)
+            values, found = torch.topk(totals, min(top_k, self.d_sae))
+        attributions = []
+        for index, value in zip(found.tolist(), values.tolist(), strict=True):
+            column = features[:, index]
+            active = torch.nonzero(column > 0).flatten().tolist()
+            pairs = [(position, float(column[position])) for position in active]
+            attributions.append(FeatureAttribution(index, value, pairs))
+        return attributions
+
+    def _residual_gradient(
+        self, prompt: list[int], start: int, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hooked residual stream and the gradient of the target logits with respect to it."""
+        steering = self._pass(EMPTY_PLAN, watch_from=len(prompt), track_gradient=True)
+        ids = torch.tensor([prompt], device=self.device)
+        with torch.enable_grad(), self._steering(steering):
+            logits = self.model(input_ids=ids, use_cache=False).logits[0]
+            targets = torch.arange(start, end + 1, device=self.device)
+            score = logits[targets - 1, ids[0, targets]].sum()
+            assert steering.residual is not None
+            (gradient,) = torch.autograd.grad(score, steering.residual)
+        return steering.residual[0].detach(), gradient[0]
+
+    # ---- forward passes ------------------------------------------------------------------
+
+    def _forward(
+        self, inputs: list[int], steering: _SteeringPass, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
+        ids = torch.tensor([inputs], device=self.device)
+        with torch.inference_mode(), self._steering(steering):
+            output = self.model(
+                input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_name: cache}
+            )
+        return output.logits[0, -1], getattr(output, self._cache_name)
+
+    def _features(self, prompt: list[int], plan: SteeringPlan) -> torch.Tensor:
+        """SAE activations ([tokens, d_sae]) at the hooked layer, after `plan`'s steering."""
+        steering = self._pass(plan, watch_from=0, capture_features=True, stop_after_layer=True)
+        self._run_to_layer(prompt, steering)
+        assert steering.features is not None
+        return steering.features
+
+    def _run_to_layer(self, prompt: list[int], steering: _SteeringPass) -> None:
+        ids = torch.tensor([prompt], device=self.device)
+        with torch.inference_mode(), self._steering(steering), suppress(_StopForward):
+            self.model(input_ids=ids, use_cache=False)
+
+    def _pass(self, plan: SteeringPlan, **options: Any) -> _SteeringPass:
+        return _SteeringPass(self.bundle.sae, self.scale, plan, **options)
+
+    def _content_positions(self, prompt: list[int]) -> torch.Tensor:
+        """Positions of ordinary tokens; template and special tokens skew aggregates."""
+        ordinary = torch.tensor(
+            [token not in self._special_ids for token in prompt], device=self.scale.device
+        )
+        return ordinary if bool(ordinary.any()) else torch.ones_like(ordinary)
+
+    def _strongest(self, features: torch.Tensor, aggregate_by: Aggregate) -> torch.Tensor:
+        totals = features.sum(dim=0)
+        if aggregate_by == "count":
+            # Ties in the count are broken by total activation (the fraction stays below 1).
+            score = (features > 0).sum(dim=0) + totals / (totals.max().clamp_min(0) + 1)
+        elif aggregate_by == "mean":
+            score = features.mean(dim=0)
+        elif aggregate_by == "max":
+            score = features.amax(dim=0)
+        else:
+            score = totals
+        return _top_positive(score, REPORTED_FEATURES)
+
+    @contextmanager
+    def _steering(self, steering: _SteeringPass) -> Iterator[None]:
+        self._local.steering = steering
+        try:
+            yield
+        finally:
+            self._local.steering = None
+
+    def _on_layer(self, _module: Any, _args: Any, output: Any) -> Any:
+        steering: _SteeringPass | None = getattr(self._local, "steering", None)
+        if steering is None:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        if steering.track_gradient:
+            hidden = hidden.detach().requires_grad_()
+        steered = steering(hidden)
+        if steering.stop_after_layer:
+            raise _StopForward
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    def _measure_residual_norm(self) -> float:
+        """Median residual-stream norm at the hooked layer over CALIBRATION_PROMPTS."""
+        norms = []
+        for prompt in CALIBRATION_PROMPTS:
+            ids = self.encode_chat([{"role": "user", "content": prompt}], "generate")
+            # An empty plan never reads the scale, which is what is being calibrated.
+            steering = _SteeringPass(
+                self.bundle.sae,
+                self._decoder_norms,
+                EMPTY_PLAN,
+                watch_from=len(ids),
+                stop_after_layer=True,
+            )
+            self._run_to_layer(ids, steering)
+            assert steering.residual is not None
+            norms.append(steering.residual[0, 1:].float().norm(dim=-1))
+        return float(torch.cat(norms).median())
+
+
+def _top_positive(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the (at most) k highest scores that are above zero, highest first."""
+    values, indices = torch.topk(score, min(k, score.shape[0]))
+    return indices[values > 0]

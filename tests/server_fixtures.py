@@ -1,0 +1,41 @@
+"""Session fixtures for the self-hosted server: the tiny bundle and a loopback server over it.
+
+tests/conftest.py makes them visible to every test module
+(`from tests.server_fixtures import tiny_bundle, tiny_server`). Both are cached at module level,
+so the tiny model is built and served once per session however many places import them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import pytest
+
+from server.app import create_app
+from server.cli import BackgroundServer, serve_in_background
+from server.presets import ModelBundle, build_tiny
+
+
+@functools.cache
+def _tiny_bundle() -> ModelBundle:
+    return build_tiny()
+
+
+@functools.cache
+def _tiny_server() -> BackgroundServer:
+    return serve_in_background(create_app(_tiny_bundle()))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> ModelBundle:
+    """The tiny preset's ModelBundle (model, tokenizer, SAE, labels), built once."""
+    return _tiny_bundle()
+
+
+@pytest.fixture(scope="session")
+def tiny_server() -> Iterator[BackgroundServer]:
+    """The tiny preset served on 127.0.0.1 (free port); use `.base_url`."""
+    server = _tiny_server()
+    yield server
+    server.stop()

@@ -1,0 +1,40 @@
+"""Pure pieces of the Discord adapter: message rendering and intents."""
+
+from __future__ import annotations
+
+import discord
+
+from adapters.discord_adapter import bot_intents
+from adapters.discord_render import discord_length, render_reply, truncate
+from bot.replies import Reply, Table, TableRow
+from bot.settings import Settings
+
+
+def test_big_table_drops_rows_with_a_count_and_stays_in_one_code_block():
+    rows = [TableRow(f"feature number {i} " + "x" * 40, i / 100, f"#{i}") for i in range(100)]
+    text = render_reply(Reply("Top features:", table=Table("Activations", rows)))
+    assert discord_length(text) <= 2000
+    assert text.startswith("Top features:\n```\nActivations\n")
+    assert text.count("```") == 2 and text.endswith("```")
+    assert "more\n```" in text and "… and " in text
+
+
+def test_truncate_keeps_whole_lines_and_closes_a_cut_code_block():
+    text = "intro\n```\n" + "\n".join(f"row {i}" for i in range(500)) + "\n```"
+    cut = truncate(text, 300)
+    assert discord_length(cut) <= 300
+    assert cut.count("```") == 2
+    assert cut.endswith("more lines not shown") and "row 0\n" in cut
+
+
+def test_length_counts_utf16_units_like_discord():
+    assert discord_length("a") == 1 and discord_length("🙂") == 2
+
+
+def test_intents_exclude_message_content_unless_listen_channels_are_set():
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert bot_intents(settings) == discord.Intents(
+        guilds=True, guild_messages=True, dm_messages=True
+    )
+    listening = settings.model_copy(update={"discord_listen_channel_ids": "123"})
+    assert bot_intents(listening).message_content
