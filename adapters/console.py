@@ -13,7 +13,7 @@ import threading
 from typing import TextIO
 
 from bot.commands import CommandContext, run_text_command
-from bot.errors import UserInputError
+from bot.errors import EmberBotError
 from bot.handlers import steering_footer
 from bot.ratelimit import queued_message
 from bot.render import render_reply_text
@@ -71,7 +71,7 @@ class ConsoleChat:
                 if result.error is not None:
                     self._write(f"\n[reply cut short] {result.error.user_message}")
                 self._write(f"\n  — {steering_footer(result.variant)}\n")
-        except UserInputError as error:
+        except EmberBotError as error:
             self._write(f"\nerror: {error.user_message}\n")
 
     def _write(self, text: str) -> None:

@@ -403,6 +403,9 @@ def _aggregate_tokens(tokens: list[Any]) -> dict[int, _Aggregate]:
     return totals
 
 
+NO_KEY = "none"  # sent to keyless self-hosted servers
+
+
 class EmberGateway:
     """Async access to one Ember-compatible backend; one pooled connection set per instance."""
 
@@ -418,6 +421,7 @@ class EmberGateway:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self._api_url = f"{base_url.rstrip('/')}/api/inference/v1"
+        api_key = api_key or NO_KEY  # "Bearer " alone is an illegal header value
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._retry = retry
         self._breaker = breaker

@@ -49,7 +49,10 @@ class SamplingOptions:
 
 @dataclass
 class VariantState:
-    """A named variant as we store it: edits keyed by index_in_sae."""
+    """A named variant as we store it: edits keyed by index_in_sae.
+
+    `base_model` is empty until known (an import names it; exports ask the backend).
+    """
 
     name: str
     base_model: str

@@ -174,7 +174,7 @@ class EmberService:
     # --- variants ----------------------------------------------------------------------------
 
     async def active_variant(self, session: SessionKey) -> VariantState:
-        name = await self._store.ensure_session(str(session), await self._gateway.model_id())
+        name = await self._store.ensure_session(str(session), self._settings.ember_model or "")
         variant = await self._store.get_variant(str(session), name)
         if variant is None:  # the active variant was removed underneath us
             return await self._require_variant(session, DEFAULT_VARIANT)
@@ -200,7 +200,7 @@ class EmberService:
         source = await self._require_variant(session, validate_variant_name(base)) if base else None
         variant = VariantState(
             name,
-            source.base_model if source else await self._gateway.model_id(),
+            source.base_model if source else "",
             dict(source.edits) if source else {},
         )
         await self._store.save_variant(
@@ -233,7 +233,8 @@ class EmberService:
             if name
             else await self.active_variant(session)
         )
-        return to_sdk_json(variant)
+        base_model = variant.base_model or await self._gateway.model_id()
+        return to_sdk_json(replace(variant, base_model=base_model))
 
     async def import_variant(
         self, session: SessionKey, name: str, text: str, actor: Actor
@@ -247,6 +248,7 @@ class EmberService:
             raise UserInputError(
                 f"This channel already has the maximum of {len(listing.variants)} variants."
             )
+        variant = await self._with_feature_ids(variant)
         await self._store.save_variant(
             str(session),
             variant,
@@ -256,6 +258,22 @@ class EmberService:
         )
         await self._store.set_active_variant(str(session), name, actor=str(actor))
         return variant
+
+    async def _with_feature_ids(self, variant: VariantState) -> VariantState:
+        """Look up edits imported without a feature id: requests need it, and the lookup proves
+        the feature exists."""
+        missing = [index for index, edit in variant.edits.items() if not edit.feature.uuid]
+        if not missing:
+            return variant
+        async with self._slots.slot():
+            found = {f.index_in_sae: f for f in await self._gateway.lookup_features(missing)}
+        if unknown := [index for index in missing if index not in found]:
+            raise UserInputError(f"The model has no feature #{unknown[0]}; nothing was imported.")
+        edits = {
+            index: replace(edit, feature=found.get(index, edit.feature))
+            for index, edit in variant.edits.items()
+        }
+        return replace(variant, edits=edits)
 
     def _parse_variant(self, name: str, text: str) -> VariantState:
         limit = self._settings.max_command_chars

@@ -197,3 +197,17 @@ async def test_message_length_and_variant_count_limits(settings, session, alice)
 
 async def _ignore(_: str) -> None:
     pass
+
+
+async def test_imported_edits_without_feature_ids_are_looked_up(ctx, fake_ember, session, alice):
+    bare = '{"base_model": "m", "edits": [{"index_in_sae": %d, "value": 0.5}]}'
+    await ctx.service.active_variant(session)
+    before = database_rows(ctx.settings.database_path)
+    reply = await run_text_command(ctx, f"/variant import bare {bare % 424242}", session, alice)
+    assert reply.text == "The model has no feature #424242; nothing was imported."
+    assert database_rows(ctx.settings.database_path) == before
+    reply = await run_text_command(ctx, f"/variant import bare {bare % 1201}", session, alice)
+    assert not reply.is_error
+    turn = await chat_turn(ctx, session, alice, "ahoy")
+    assert turn.result.error is None
+    assert fake_ember.controller_nudges(fake_ember.last_chat_request()) == {1201: 0.5}
