@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 
 import goodfire
 
+from bench.common import format_table, summary_ms
 from bot.ember import EmberGateway
 from tests.fake_ember import FakeEmber
 
@@ -30,18 +30,12 @@ async def _timings(search: Search, calls: int) -> list[float]:
     for _ in range(calls):
         started = time.perf_counter()
         await search()
-        timings.append((time.perf_counter() - started) * 1000)
+        timings.append(time.perf_counter() - started)
     return timings
 
 
 def _summary(timings: list[float]) -> dict[str, float]:
-    percentiles = statistics.quantiles(timings, n=100, method="inclusive")
-    return {
-        "p50_ms": round(statistics.median(timings), 3),
-        "p90_ms": round(percentiles[89], 3),
-        "p99_ms": round(percentiles[98], 3),
-        "calls_per_s": round(1000 * len(timings) / sum(timings), 1),
-    }
+    return {**summary_ms(timings), "calls_per_s": round(len(timings) / sum(timings), 1)}
 
 
 async def run(calls: int) -> dict[str, dict[str, float]]:
@@ -58,10 +52,9 @@ async def run(calls: int) -> dict[str, dict[str, float]]:
 
 def _table(results: dict[str, dict[str, float]]) -> str:
     columns = ["p50_ms", "p90_ms", "p99_ms", "calls_per_s"]
-    lines = [f"{'client':<16}" + "".join(f"{c:>13}" for c in columns)]
-    for name, row in results.items():
-        lines.append(f"{name:<16}" + "".join(f"{row[c]:>13}" for c in columns))
-    return "\n".join(lines)
+    return format_table(
+        ["client", *columns], [[name, *(row[c] for c in columns)] for name, row in results.items()]
+    )
 
 
 def main() -> None:

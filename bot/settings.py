@@ -71,6 +71,11 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("ember_model")
+    @classmethod
+    def _blank_model_means_ask(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_sqlite(cls, value: str) -> str:

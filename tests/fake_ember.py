@@ -9,6 +9,9 @@ every request, and injects faults on demand:
         fake.fail_next("/chat/completions", Fault(chunk_size=3, crlf=True))
         ...  # point a client at fake.base_url with api key fake.api_key
         nudges = fake.controller_nudges(fake.last_chat_request())  # {index_in_sae: value}
+
+For load tests, `fake.latency = Latency(first_token=0.2, tokens_per_second=40)` paces replies
+like a real model, and `fake.served` tells how long each request took the fake itself.
 """
 
 from __future__ import annotations
@@ -121,6 +124,25 @@ class Fault:
 
 NO_FAULT = Fault()
 _FAULT = web.RequestKey("fault", Fault)
+_ARRIVED = web.RequestKey("arrived", float)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How fast the fake "generates": the first token `first_token` seconds after the request
+    arrives, then `tokens_per_second` (0: as fast as it can write). The default is instant."""
+
+    first_token: float = 0.0
+    tokens_per_second: float = 0.0
+
+    def due(self, token_number: int) -> float:
+        """Seconds after the request's arrival when its `token_number`-th write may go out."""
+        pace = token_number / self.tokens_per_second if self.tokens_per_second else 0.0
+        return self.first_token + pace
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 @dataclass(frozen=True)
@@ -244,7 +266,10 @@ class FakeEmber:
     serves_models_route: bool = True
     features: list[FakeFeature] = field(default_factory=lambda: list(DEFAULT_CATALOG), repr=False)
     reply_text: str | Callable[[list[dict[str, Any]]], str] = echo_reply
+    latency: Latency = Latency()
     requests: list[RecordedRequest] = field(default_factory=list, repr=False)
+    # (request, seconds from its arrival to the response's last byte), as requests finish
+    served: list[tuple[RecordedRequest, float]] = field(default_factory=list, repr=False)
     peers: set[tuple[str, int]] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -323,7 +348,14 @@ class FakeEmber:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        await self._record(request)
+        request[_ARRIVED] = time.monotonic()
+        record = await self._record(request)
+        try:
+            return await self._serve(request, handler)
+        finally:
+            self.served.append((record, time.monotonic() - request[_ARRIVED]))
+
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         fault = self._take_fault(request.path)
         request[_FAULT] = fault
         if fault.delay:
@@ -337,20 +369,20 @@ class FakeEmber:
         except _Invalid as invalid:
             return web.json_response({"detail": invalid.detail}, status=422)
 
-    async def _record(self, request: web.Request) -> None:
+    async def _record(self, request: web.Request) -> RecordedRequest:
         body = await request.read()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer:
             self.peers.add(tuple(peer[:2]))
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=MultiDict(request.query),
-                json=json.loads(body) if body else None,
-                headers=CIMultiDict(request.headers),
-            )
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=MultiDict(request.query),
+            json=json.loads(body) if body else None,
+            headers=CIMultiDict(request.headers),
         )
+        self.requests.append(record)
+        return record
 
     def _take_fault(self, path: str) -> Fault:
         for suffix, queue in self._faults.items():
@@ -431,6 +463,7 @@ class FakeEmber:
         tokens = tokens[:limit]
         if chat.stream:
             return await self._stream(request, tokens, finish, request[_FAULT])
+        await _sleep_until(request[_ARRIVED] + self.latency.due(len(tokens)))
         return web.json_response(
             {
                 **self._completion_envelope("chat.completion"),
@@ -506,9 +539,12 @@ class FakeEmber:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        for piece in _writes(events, fault):
+        arrived = request[_ARRIVED]
+        await _sleep_until(arrived + self.latency.due(0))
+        for number, piece in enumerate(_writes(events, fault), start=1):
             await response.write(piece)
-            await asyncio.sleep(0)  # let the client read, so writes arrive as separate reads
+            # Sleeping, if only for 0 s, lets the client read: writes arrive as separate reads.
+            await _sleep_until(arrived + self.latency.due(number))
         if dies:
             assert request.transport is not None
             request.transport.close()

@@ -1,0 +1,121 @@
+"""`ember-bot doctor`: check settings, database, backend and platform tokens; say how to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+from bot.ember import EmberGateway
+from bot.errors import EmberBotError
+from bot.settings import Settings
+from storage.health import database_problem
+from storage.store import Store
+
+DISCORD_TOKEN = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
+SLACK_SIGNING_SECRET = re.compile(r"^[0-9a-f]{32}$")
+BACKEND_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    topic: str
+    problem: str | None  # None: this check passed
+    detail: str = ""
+
+
+def token_findings(settings: Settings) -> list[Finding]:
+    """Shape checks of the platform tokens; they catch swapped or truncated pastes."""
+    findings = []
+    discord = settings.discord_bot_token.get_secret_value()
+    if discord and not DISCORD_TOKEN.match(discord):
+        findings.append(
+            Finding(
+                "discord",
+                "DISCORD_BOT_TOKEN does not look like a bot token "
+                "(three dot-separated parts); copy it again from Bot → Reset Token.",
+            )
+        )
+    slack = {
+        "SLACK_BOT_TOKEN": (settings.slack_bot_token.get_secret_value(), "xoxb-"),
+        "SLACK_APP_TOKEN": (settings.slack_app_token.get_secret_value(), "xapp-"),
+    }
+    for name, (value, prefix) in slack.items():
+        if value and not value.startswith(prefix):
+            findings.append(Finding("slack", f"{name} should start with {prefix}"))
+    secret = settings.slack_signing_secret.get_secret_value()
+    if secret and not SLACK_SIGNING_SECRET.match(secret):
+        findings.append(
+            Finding(
+                "slack",
+                "SLACK_SIGNING_SECRET should be 32 hex characters "
+                "(Basic Information → App Credentials).",
+            )
+        )
+    if slack["SLACK_BOT_TOKEN"][0] and not (slack["SLACK_APP_TOKEN"][0] or secret):
+        findings.append(
+            Finding(
+                "slack",
+                "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN "
+                "(Socket Mode) nor SLACK_SIGNING_SECRET (HTTP mode) is.",
+            )
+        )
+    if not findings:
+        configured = [
+            n for n, on in (("Discord", discord), ("Slack", slack["SLACK_BOT_TOKEN"][0])) if on
+        ]
+        detail = ", ".join(configured) or "none configured: `ember-bot console` still works"
+        findings.append(Finding("platforms", None, detail))
+    return findings
+
+
+async def database_finding(settings: Settings) -> Finding:
+    try:
+        store = await Store.open(settings.database_path)
+    except Exception as error:  # any failure to open is the finding itself
+        return Finding("database", f"cannot open {settings.database_path}: {error}")
+    try:
+        if not await store.integrity_ok():
+            return Finding("database", "integrity check failed; restore from a backup.")
+    finally:
+        await store.close()
+    problem = await asyncio.to_thread(database_problem, settings.database_path, BACKEND_TIMEOUT)
+    return Finding("database", problem, str(settings.database_path))
+
+
+async def backend_finding(settings: Settings) -> Finding:
+    if not settings.has_backend:
+        return Finding(
+            "backend",
+            "no backend configured: set GOODFIRE_BASE_URL (e.g. "
+            "http://127.0.0.1:8000 after `ember-bot serve --preset tiny`).",
+        )
+    async with EmberGateway(
+        settings.goodfire_base_url,
+        settings.goodfire_api_key.get_secret_value(),
+        model=settings.ember_model,
+    ) as gateway:
+        problem = await gateway.ping(BACKEND_TIMEOUT)
+        if problem:
+            return Finding("backend", f"{settings.goodfire_base_url}: {problem}")
+        try:
+            model = await gateway.model_id()
+        except EmberBotError as error:
+            return Finding("backend", error.user_message)
+    return Finding("backend", None, f"{settings.goodfire_base_url} serves {model}")
+
+
+async def diagnose(settings: Settings) -> list[Finding]:
+    database, backend = await asyncio.gather(database_finding(settings), backend_finding(settings))
+    return [Finding("settings", None, "loaded"), database, backend, *token_findings(settings)]
+
+
+def run_doctor(settings: Settings) -> int:
+    """Print one line per check; exit status 1 if any check found a problem."""
+    findings = asyncio.run(diagnose(settings))
+    for finding in findings:
+        if finding.problem:
+            print(f"PROBLEM  {finding.topic}: {finding.problem}")
+        else:
+            print(f"ok       {finding.topic}: {finding.detail}")
+    return 1 if any(f.problem for f in findings) else 0
