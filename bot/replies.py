@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from bot.errors import EmberBotError
 from bot.models import FeatureRef
 
 
@@ -32,6 +34,34 @@ class Attachment:
 
 
 @dataclass(frozen=True)
+class Confirmation:
+    """A yes/no question: buttons on Discord and Slack, a y/n prompt in the console.
+
+    The adapter passes `token` back to `bot.confirmations.answer(...)` with the user's choice.
+    """
+
+    token: str
+    prompt: str
+    accept_label: str = "Apply"
+    reject_label: str = "Cancel"
+
+
+DeltaSink = Callable[[int, str], Awaitable[None]]  # (column index, text delta)
+
+
+@dataclass(frozen=True)
+class StreamedColumns:
+    """Several replies streamed side by side (e.g. /compare): one column per title.
+
+    `run(on_delta)` streams every column, calling `on_delta(column, delta)`, and returns each
+    column's final text and the error that cut it short, if any.
+    """
+
+    titles: tuple[str, ...]
+    run: Callable[[DeltaSink], Awaitable[list[tuple[str, EmberBotError | None]]]]
+
+
+@dataclass(frozen=True)
 class Reply:
     """What a command answers. `ephemeral` replies are shown only to the caller where possible.
 
@@ -45,6 +75,8 @@ class Reply:
     attachment: Attachment | None = None
     feature_choices: list[FeatureRef] = field(default_factory=list)
     is_error: bool = False
+    confirmation: Confirmation | None = None
+    columns: StreamedColumns | None = None
 
 
 def error_reply(message: str) -> Reply:
