@@ -11,9 +11,14 @@ from bot.commands import CommandContext
 from bot.service import Actor, SessionKey
 from bot.settings import Settings
 from tests.fake_ember import FakeEmber
-from tests.server_fixtures import tiny_bundle, tiny_server
+from tests.server_fixtures import client, model_id, tiny_bundle, tiny_server
 
-__all__ = ["tiny_bundle", "tiny_server"]  # session fixtures of the self-hosted server
+__all__ = [
+    "client",
+    "model_id",
+    "tiny_bundle",
+    "tiny_server",
+]  # session fixtures of the self-hosted server
 
 
 @pytest.fixture

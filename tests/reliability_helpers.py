@@ -42,10 +42,13 @@ def database_rows(path: Path) -> list[tuple]:
 
 
 class RecordingSink:
-    """A platform that keeps every message it was asked to post, as last edited."""
+    """A platform that keeps every message it was asked to post, as last edited, and each
+    edit with the time `now` had when it was made."""
 
     def __init__(self) -> None:
         self.messages: list[str] = []
+        self.edits: list[tuple[int, str, float]] = []
+        self.now = 0.0
 
     async def post(self, text: str) -> object:
         self.messages.append(text)
@@ -54,6 +57,7 @@ class RecordingSink:
     async def edit(self, handle: object, text: str) -> None:
         assert isinstance(handle, int)
         self.messages[handle] = text
+        self.edits.append((handle, text, self.now))
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Session fixtures for the self-hosted server: the tiny bundle and a loopback server over it.
 
-tests/conftest.py makes them visible to every test module
-(`from tests.server_fixtures import tiny_bundle, tiny_server`). Both are cached at module level,
+tests/conftest.py makes them visible to every test module, with `model_id` and `client` (an
+unmodified goodfire.AsyncClient on the tiny server). Both are cached at module level,
 so the tiny model is built and served once per session however many places import them.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
+import goodfire
 import pytest
 
 from server.app import create_app
@@ -39,3 +40,15 @@ def tiny_server() -> Iterator[BackgroundServer]:
     server = _tiny_server()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def model_id(tiny_bundle: ModelBundle) -> str:
+    """The id the tiny server serves (what the SDK must send as `model`)."""
+    return tiny_bundle.model_id
+
+
+@pytest.fixture
+def client(tiny_server: BackgroundServer) -> goodfire.AsyncClient:
+    """An unmodified goodfire.AsyncClient pointed at the tiny server."""
+    return goodfire.AsyncClient("any-key", base_url=tiny_server.base_url)

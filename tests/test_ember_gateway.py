@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -29,6 +27,7 @@ from bot.errors import (
 )
 from bot.models import ChatMessage, FeatureEdit, FeatureRef, SamplingOptions
 from tests.fake_ember import FakeEmber, Fault, tokenize
+from tests.reliability_helpers import loop_watch
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, deadline=5.0)
 HELLO = [ChatMessage("system", "Be brief."), ChatMessage("user", "hello there")]
@@ -55,26 +54,6 @@ async def collect(gateway: EmberGateway, parts: list[str], **kwargs: object) -> 
     async for delta in gateway.stream_chat(messages, edits, sampling):  # type: ignore[arg-type]
         parts.append(delta)
     return "".join(parts)
-
-
-@contextlib.asynccontextmanager
-async def loop_watch(interval: float = 0.005) -> AsyncIterator[list[float]]:
-    """Run a ticker beside the block; yields the list of observed stalls (gap minus interval)."""
-    stalls: list[float] = []
-
-    async def tick() -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            stalls.append(now - last - interval)
-            last = now
-
-    ticker = asyncio.create_task(tick())
-    try:
-        yield stalls
-    finally:
-        ticker.cancel()
 
 
 def pirate(fake: FakeEmber, uuid: str | None = None) -> FeatureRef:

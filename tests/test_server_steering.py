@@ -19,16 +19,6 @@ PROMPT = [{"role": "user", "content": "Tell me about your day."}]
 
 
 @pytest.fixture
-def model_id(tiny_bundle) -> str:
-    return tiny_bundle.model_id
-
-
-@pytest.fixture
-def client(tiny_server) -> goodfire.AsyncClient:
-    return goodfire.AsyncClient("any-key", base_url=tiny_server.base_url)
-
-
-@pytest.fixture
 async def planted(client, model_id) -> goodfire.Feature:
     return (await client.features.lookup([PLANTED_INDEX], model=model_id))[PLANTED_INDEX]
 

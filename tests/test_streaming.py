@@ -1,22 +1,7 @@
 """The shared streaming renderer: cadence, rollover, code fences, finalisation."""
 
 from adapters.streaming import PlatformLimits, StreamingMessage, balance_fences, utf8_length
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.edits: list[tuple[int, str, float]] = []
-        self.now = 0.0
-
-    async def post(self, text: str) -> object:
-        self.messages.append(text)
-        return len(self.messages) - 1
-
-    async def edit(self, handle: object, text: str) -> None:
-        assert isinstance(handle, int)
-        self.messages[handle] = text
-        self.edits.append((handle, text, self.now))
+from tests.reliability_helpers import RecordingSink
 
 
 def make(max_length: int = 100, measure=len):
