@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
+from typing import Any
 
 from bot.settings import NO_BACKEND_HELP, Settings, load_settings_or_report
 
@@ -79,45 +80,66 @@ def _pass_through(command: str, argv: list[str]) -> int:
 
 def _run_platforms(settings: Settings) -> int:
     """Discord and/or Slack in one process, sharing one database and backend gateway."""
+    import discord
+
+    from adapters.discord_adapter import BAD_TOKEN_HELP
+    from adapters.slack_adapter import SlackSetupError
     from bot.app import run_app
     from bot.commands import CommandContext
     from bot.logs import configure_logging
 
-    platforms = _configured_platforms(settings)
-    if not platforms:
-        print(NO_PLATFORM_HELP, file=sys.stderr)
-        return 2
+    platforms, problems = _configured_platforms(settings)
     if not settings.has_backend:
-        print(NO_BACKEND_HELP, file=sys.stderr)
+        problems.append(NO_BACKEND_HELP)
+    elif not platforms and not problems:
+        problems.append(NO_PLATFORM_HELP)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
         return 2
 
     async def serve_all(ctx: CommandContext) -> None:
-        await asyncio.gather(*(serve(ctx) for serve in platforms))
+        async with asyncio.TaskGroup() as group:  # one platform failing stops the other
+            for serve in platforms:
+                group.create_task(serve(ctx))
 
+    failures: list[str] = []
     logging_setup = configure_logging(settings)
     try:
         asyncio.run(run_app(settings, serve_all))
+    except* (SlackSetupError, discord.LoginFailure) as group:
+        failures = [
+            BAD_TOKEN_HELP if isinstance(error, discord.LoginFailure) else str(error)
+            for error in group.exceptions
+        ]
+    except* KeyboardInterrupt:  # before the signal handlers were installed
+        pass
     finally:
         logging_setup.close()
-    return 0
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 2 if failures else 0
 
 
-def _configured_platforms(settings: Settings) -> list[Callable[..., Awaitable[None]]]:
-    platforms: list[Callable[..., Awaitable[None]]] = []
+def _configured_platforms(
+    settings: Settings,
+) -> tuple[list[Callable[..., Coroutine[Any, Any, None]]], list[str]]:
+    """The platforms whose tokens are set, and what is missing for them to start."""
+    platforms: list[Callable[..., Coroutine[Any, Any, None]]] = []
+    problems: list[str] = []
     if token := settings.discord_bot_token.get_secret_value():
         from adapters.discord_adapter import serve as serve_discord
 
         platforms.append(partial(serve_discord, token=token))
     if settings.slack_bot_token.get_secret_value():
+        from adapters.slack_adapter import missing_credentials
         from adapters.slack_adapter import serve as serve_slack
 
         http = not settings.slack_app_token.get_secret_value()
-        platforms.append(
-            partial(
-                serve_slack, http=http, host=settings.slack_http_host, port=settings.slack_http_port
-            )
-        )
-    return platforms
+        problems += missing_credentials(settings, http=http)
+        host, port = settings.slack_http_host, settings.slack_http_port
+        platforms.append(partial(serve_slack, http=http, host=host, port=port))
+    return platforms, problems
 
 
 def _console(settings: Settings, session: str, preset: str | None) -> int:
