@@ -1,6 +1,9 @@
 """A terminal chat on the same command registry: `/` lines are commands, others are chat.
 
 Works interactively and with piped stdin (it exits at end of input), so it is scriptable.
+Attachments (charts, variant JSON) are saved into the current directory under a fresh name and
+their path is printed. A confirmation (/autosteer) reads the next input line as its y/n answer.
+/compare streams the base column live and prints the steered column when both are done.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ import contextlib
 import getpass
 import sys
 import threading
+from pathlib import Path
 from typing import TextIO
 
-from bot.commands import CommandContext, run_text_command
+from bot.commands import CommandContext, Invocation, run_text_command
+from bot.confirmations import answer
 from bot.errors import EmberBotError
 from bot.handlers import steering_footer
 from bot.ratelimit import queued_message
 from bot.render import render_reply_text
+from bot.replies import Attachment, Confirmation, Reply, StreamedColumns
 from bot.service import Actor, SessionKey
 
 PROMPT = "you> "
@@ -51,9 +57,51 @@ class ConsoleChat:
         return line or None
 
     async def _command(self, line: str) -> None:
-        reply = await run_text_command(self._ctx, line, self._session, self._actor)
+        await self._show(await run_text_command(self._ctx, line, self._session, self._actor))
+
+    async def _show(self, reply: Reply) -> None:
         prefix = "error: " if reply.is_error else ""
-        self._write(f"{prefix}{render_reply_text(reply)}\n")
+        if text := render_reply_text(reply):
+            self._write(f"{prefix}{text}\n")
+        if reply.attachment is not None:
+            await self._save(reply.attachment)
+        if reply.columns is not None:
+            await self._columns(reply.columns)
+        if reply.confirmation is not None:
+            await self._confirm(reply.confirmation)
+
+    async def _save(self, attachment: Attachment) -> None:
+        try:
+            path = await asyncio.to_thread(save_attachment, attachment, Path.cwd())
+        except OSError as error:
+            self._write(f"[could not save {attachment.filename}: {error.strerror or error}]\n")
+            return
+        self._write(f"[saved {path} · {len(attachment.content):,} bytes]\n")
+
+    async def _columns(self, columns: StreamedColumns) -> None:
+        """The first column streams live; the others print once every column is done."""
+        self._write(f"── {columns.titles[0]} ──\n")
+
+        async def show(column: int, delta: str) -> None:
+            if column == 0:
+                self._write(delta)
+
+        results = await columns.run(show)
+        for number, (title, (text, error)) in enumerate(zip(columns.titles, results, strict=True)):
+            if number:
+                self._write(f"── {title} ──\n{text}")
+            if error is not None:
+                self._write(f"\n[cut short] {error.user_message}")
+            self._write("\n")
+
+    async def _confirm(self, confirmation: Confirmation) -> None:
+        self._write(f"{confirmation.prompt} [y/N] ")
+        line = await read_in_daemon_thread(self._stdin)
+        if not self._interactive:
+            self._write(line if line.endswith("\n") else f"{line}\n")  # echo the scripted answer
+        accept = line.strip().lower() in ("y", "yes")
+        invocation = Invocation(self._session, self._actor, {}, can_steer=True)
+        await self._show(await answer(self._ctx, confirmation.token, accept, invocation))
 
     async def _chat(self, text: str) -> None:
         self._write("bot> ")
@@ -77,6 +125,21 @@ class ConsoleChat:
     def _write(self, text: str) -> None:
         self._out.write(text)
         self._out.flush()
+
+
+def save_attachment(attachment: Attachment, directory: Path) -> Path:
+    """Write the attachment into `directory` without overwriting: inspect.png, inspect-1.png..."""
+    name = Path(attachment.filename).name  # never a path from elsewhere
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for number in range(1000):
+        path = directory / (f"{stem}-{number}{suffix}" if number else name)
+        try:
+            with path.open("xb") as file:
+                file.write(attachment.content)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"too many files named {stem}-*{suffix} in {directory}")
 
 
 async def read_in_daemon_thread(stream: TextIO) -> str:

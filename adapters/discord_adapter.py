@@ -24,7 +24,9 @@ from discord.http import Route
 
 from adapters.discord_chat import ChatResponder, Clock, is_addressed_to_bot
 from adapters.discord_commands import SlashCommands
+from adapters.discord_confirm import ConfirmationButtons
 from adapters.discord_render import NO_PINGS
+from adapters.discord_replies import FollowUps
 from bot.commands import CommandContext
 from bot.logs import configure_logging
 from bot.settings import NO_BACKEND_HELP, Settings, load_settings_or_report
@@ -64,7 +66,9 @@ class EmberDiscordBot(discord.Client):
             intents=bot_intents(settings), allowed_mentions=NO_PINGS, max_messages=None, **options
         )
         self.tree = app_commands.CommandTree(self)
-        SlashCommands(ctx).install(self.tree)
+        buttons = ConfirmationButtons(ctx)
+        buttons.install(self)
+        SlashCommands(ctx, FollowUps(buttons.view, clock)).install(self.tree)
         self._chat = ChatResponder(ctx, clock)
         self._listen_channels = settings.discord_listen_channels
         self._dev_guilds = settings.discord_dev_guilds

@@ -19,7 +19,7 @@ import discord
 
 from adapters.discord_access import actor_for, session_key
 from adapters.discord_render import DISCORD_LIMITS, NO_PINGS
-from adapters.streaming import StreamingMessage
+from adapters.streaming import StreamingMessage, ended_early_note
 from bot.commands import CommandContext
 from bot.errors import UserInputError
 from bot.handlers import steering_footer
@@ -125,5 +125,5 @@ class ChatResponder:
             except Exception:
                 log.exception("chat turn failed in %s", session)
                 return FAILURE_NOTE, ""
-        note = f"⚠ Reply cut short: {result.error.user_message}" if result.error else ""
+        note = f"⚠ {ended_early_note(result.error)}" if result.error else ""
         return note, f"-# {steering_footer(result.variant)}"

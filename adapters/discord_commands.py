@@ -1,10 +1,11 @@
 """Slash commands generated from the command registry, and how one interaction runs them.
 
 Each registry Command becomes an app command (a first word shared by several paths becomes a
-group) whose options are typed from the Args. A callback validates the options and refuses
-the unauthorised at once, else defers, runs the command through the core (which also applies
-the rate limits) and sends the Reply as a follow-up: public normally, ephemeral for errors and
-private replies.
+group) whose options are typed from the Args; an "attachment" Arg is a file option whose text
+(at most `max_command_chars` bytes, UTF-8) is the value. A callback validates the options and
+refuses the unauthorised at once, else defers, runs the command through the core (which also
+applies the rate limits) and sends the Reply as a follow-up (discord_replies): public normally,
+ephemeral for errors and private replies.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
-from discord.utils import MISSING
 
 from adapters.discord_access import actor_for, can_steer, session_key
-from adapters.discord_render import NO_PINGS, render_reply, reply_file
+from adapters.discord_replies import FollowUps, answer_now
 from bot.commands import (
     Arg,
     Command,
@@ -33,7 +33,7 @@ from bot.commands import (
 from bot.errors import EmberBotError, UserInputError
 from bot.lifecycle import ShuttingDownError
 from bot.render import shorten
-from bot.replies import Reply, error_reply
+from bot.replies import error_reply
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ Completer = Callable[[discord.Interaction, str], Coroutine[Any, Any, Choices]]
 class SlashCommands:
     """Builds the app commands for a CommandTree and runs the core for each interaction."""
 
-    def __init__(self, ctx: CommandContext) -> None:
+    def __init__(self, ctx: CommandContext, follow_ups: FollowUps) -> None:
         self._ctx = ctx
+        self._follow_ups = follow_ups
         self._steer_roles = ctx.settings.discord_steer_role_set
         self._completers: dict[str, Completer] = {
             "feature": self.complete_feature,
@@ -122,9 +123,10 @@ class SlashCommands:
         self, interaction: discord.Interaction, command: Command, options: dict[str, Any]
     ) -> None:
         try:
-            args = coerce_options(command, options)
+            files = await read_attachments(options, self._ctx.settings.max_command_chars)
+            args = coerce_options(command, options | files)
         except UserInputError as error:
-            await _answer_now(interaction, error_reply(error.user_message))
+            await answer_now(interaction, error_reply(error.user_message))
             return
         invocation = Invocation(
             session_key(interaction.guild_id, interaction.channel_id),
@@ -134,14 +136,15 @@ class SlashCommands:
         )
         if command.permission is Permission.STEER and not invocation.can_steer:
             # run_command words the refusal without running the handler: answer at once
-            await _answer_now(interaction, await run_command(self._ctx, command, invocation))
+            await answer_now(interaction, await run_command(self._ctx, command, invocation))
             return
         try:
             async with self._ctx.service.lifecycle.track():  # a shutdown waits for the follow-up
                 await interaction.response.defer(thinking=True)
-                await _follow_up(interaction, await run_command(self._ctx, command, invocation))
+                reply = await run_command(self._ctx, command, invocation)
+                await self._follow_ups.send(interaction, reply)
         except ShuttingDownError as error:
-            await _answer_now(interaction, error_reply(error.user_message))
+            await answer_now(interaction, error_reply(error.user_message))
 
     # --- autocomplete -----------------------------------------------------------------------
 
@@ -191,6 +194,8 @@ def _annotation(arg: Arg) -> Any:
     """The option type: text and choices are strings, numbers keep their min/max."""
     if arg.kind in ("text", "choice"):
         return str
+    if arg.kind == "attachment":
+        return discord.Attachment
     number_type = int if arg.kind == "integer" else float
     if arg.minimum is None and arg.maximum is None:
         return number_type
@@ -199,25 +204,28 @@ def _annotation(arg: Arg) -> Any:
     return app_commands.Range[number_type, low, high]
 
 
+async def read_attachments(options: dict[str, Any], limit: int) -> dict[str, str]:
+    """The text of every attached file among `options`, by option name."""
+    return {
+        name: await attachment_text(value, limit)
+        for name, value in options.items()
+        if isinstance(value, discord.Attachment)
+    }
+
+
+async def attachment_text(file: discord.Attachment, limit: int) -> str:
+    """A small file's text; bigger ones are refused before downloading."""
+    name = shorten(file.filename, 60)
+    if file.size > limit:
+        raise UserInputError(
+            f"{name} is {file.size:,} bytes; attach a file of at most {limit:,} bytes."
+        )
+    try:
+        content = await file.read()
+    except discord.HTTPException:
+        raise UserInputError(f"Could not download {name}; try attaching it again.") from None
+    return content.decode("utf-8", errors="replace")
+
+
 def _fit_description(text: str) -> str:
     return shorten(text, MAX_DESCRIPTION) or "…"
-
-
-async def _answer_now(interaction: discord.Interaction, reply: Reply) -> None:
-    await interaction.response.send_message(
-        render_reply(reply), ephemeral=True, allowed_mentions=NO_PINGS
-    )
-
-
-async def _follow_up(interaction: discord.Interaction, reply: Reply) -> None:
-    """Replace the deferred "thinking…" with the reply; private replies go only to the caller."""
-    private = reply.ephemeral or reply.is_error
-    if private:
-        # the deferred placeholder is public; a private reply must not land in it
-        await interaction.delete_original_response()
-    await interaction.followup.send(
-        render_reply(reply),
-        ephemeral=private,
-        file=reply_file(reply) or MISSING,
-        allowed_mentions=NO_PINGS,
-    )

@@ -36,6 +36,7 @@ from adapters.slack_commands import SlackCommands
 from adapters.slack_manifest import build_manifest, manifest_yaml
 from adapters.slack_permissions import SteerPermissions
 from adapters.slack_render import SlackRenderer
+from adapters.slack_replies import SlackReplies
 from bot.commands import CommandContext
 from bot.handlers import build_registry
 from bot.logs import configure_logging
@@ -76,7 +77,8 @@ class SlackBot:
         permissions = SteerPermissions(
             self.client, settings.slack_steer_user_ids, settings.slack_steer_usergroup_ids
         )
-        SlackCommands(ctx, permissions, renderer).register(self.app)
+        replies = SlackReplies(renderer, clock)
+        SlackCommands(ctx, permissions, renderer, replies).register(self.app)
         SlackChat(ctx, settings.slack_listen_channels, clock=clock).register(self.app)
 
     async def verify(self, app_token: str | None = None) -> None:

@@ -20,7 +20,13 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_render import escape, plain_text
-from adapters.streaming import PlatformLimits, StreamingMessage, split_for_limit, utf8_length
+from adapters.streaming import (
+    PlatformLimits,
+    StreamingMessage,
+    ended_early_note,
+    split_for_limit,
+    utf8_length,
+)
 from bot.commands import CommandContext
 from bot.errors import UserInputError
 from bot.handlers import steering_footer
@@ -175,7 +181,7 @@ class SlackChat:
         except Exception:
             log.exception("chat turn failed in %s", session)
             return FAILED_NOTE, ""
-        note = f"⚠️ Reply cut short: {result.error.user_message}" if result.error else ""
+        note = f"⚠️ {ended_early_note(result.error)}" if result.error else ""
         return note, f"_{steering_footer(result.variant)}_"
 
     def _first_delivery(self, body: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ BOT_SCOPES = (
     "channels:history",
     "chat:write",
     "commands",
+    "files:write",  # charts and variant exports
     "groups:history",
     "im:history",
     "usergroups:read",
@@ -72,7 +73,12 @@ def usage_hint(registry: Registry, name: str) -> str:
 
 
 def argument_hint(command: Command) -> str:
-    return " ".join(f"<{a.name}>" if a.required else f"[{a.name}]" for a in command.args)
+    """Slash commands cannot carry files on Slack: attachment args are left out."""
+    return " ".join(
+        f"<{a.name}>" if a.required else f"[{a.name}]"
+        for a in command.args
+        if a.kind != "attachment"
+    )
 
 
 def manifest_yaml(manifest: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Slack text and Block Kit: escaping both ways, Replies as messages, the feature picker.
+"""Slack text and Block Kit: escaping both ways, Replies as messages, the feature picker,
+Apply/Cancel buttons, and streamed columns (/compare).
 
 Everything we send goes through `escape`, so model output and echoed user text can never
 notify anyone (`<!channel>`, `<@U..>`) and always renders literally.
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.streaming import Column, fit_column
 from bot.models import FeatureRef
 from bot.render import render_table, shorten
-from bot.replies import Reply, Table
+from bot.replies import Confirmation, Reply, Table
 
 SECTION_LIMIT = 3_000  # characters of mrkdwn in one section block
 MAX_BLOCKS = 50
@@ -25,6 +28,11 @@ STRENGTHS = (-0.5, -0.3, 0.3, 0.5, 0.8)
 
 FEATURE_SELECT = "ember_feature"
 STRENGTH_BUTTON = re.compile(r"^ember_strength_\d+$")
+CONFIRM_BLOCK = "ember_confirm"
+ACCEPT, REJECT = "ember_confirm_accept", "ember_confirm_reject"
+CONFIRM_BUTTON = re.compile(rf"^({ACCEPT}|{REJECT})$")
+COLUMN_TITLE_LIMIT = 150
+NOTIFICATION_CHARS = 1_000  # the `text` beside the blocks of a streamed message
 
 _ENTITY = re.compile(r"<([^<>]*)>")
 Block = dict[str, Any]
@@ -79,6 +87,8 @@ class SlackRenderer:
         return f"/{self.prefix}{name}"
 
     def reply(self, reply: Reply) -> SlackMessage:
+        if reply.confirmation is not None:
+            return SlackMessage(self._limited(reply.text), self._question(reply))
         if reply.feature_choices:
             return SlackMessage(self._limited(reply.text), self._picker(reply))
         if reply.table is not None:
@@ -93,6 +103,17 @@ class SlackRenderer:
         intro = f"{self._limited(reply.text)}\n" if reply.text else ""
         return SlackMessage(intro + table)
 
+    def columns(self, intro: str, columns: Sequence[Column]) -> SlackMessage:
+        """One section per column under the intro; each column within a section's limit,
+        cut with a note if longer. Slack has no side-by-side layout for long text: the
+        sections stack, titled in bold."""
+        blocks = self._text_sections(intro)
+        for column in columns:
+            title = f"*{escape(shorten(column.title, COLUMN_TITLE_LIMIT))}*\n"
+            body = fit_column(column, SECTION_LIMIT - len(title), escaped_length)
+            blocks.append(section(title + escape(body)))
+        return SlackMessage(self.text(cut(intro, NOTIFICATION_CHARS)) or "…", blocks)
+
     def _limited(self, raw: str) -> str:
         return self.text(cut(raw, MAX_TEXT_CHARS))
 
@@ -100,6 +121,17 @@ class SlackRenderer:
         assert reply.table is not None
         blocks = [section(self.text(reply.text))] if reply.text else []
         return blocks + table_blocks(reply.table, MAX_BLOCKS - len(blocks))
+
+    def _question(self, reply: Reply) -> list[Block]:
+        """The reply, then its question in bold with Apply / Cancel buttons under it."""
+        assert reply.confirmation is not None
+        body = self._table(reply) if reply.table is not None else self._text_sections(reply.text)
+        question = section(f"*{escape(shorten(reply.confirmation.prompt, 300))}*")
+        return [*body[: MAX_BLOCKS - 2], question, confirm_buttons(reply.confirmation)]
+
+    def _text_sections(self, raw: str) -> list[Block]:
+        lines = self.text(cut(raw, MAX_TEXT_CHARS)).split("\n") if raw else []
+        return [section(chunk) for chunk in chunk_lines(lines, SECTION_LIMIT)]
 
     def _picker(self, reply: Reply) -> list[Block]:
         header = reply.text.split("\n", 1)[0] or "Choose a feature:"
@@ -116,6 +148,37 @@ class SlackRenderer:
             },
             {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(tip)}]},
         ]
+
+
+def escaped_length(text: str) -> int:
+    return len(escape(text))
+
+
+def confirm_buttons(confirmation: Confirmation) -> Block:
+    """Apply (primary) and Cancel; both carry the confirmation's token."""
+
+    def button(action_id: str, label: str, default: str) -> Block:
+        text = shorten(label, OPTION_TEXT_LIMIT) or default
+        return {
+            "type": "button",
+            "action_id": action_id,
+            "text": {"type": "plain_text", "text": text},
+            "value": confirmation.token,
+        }
+
+    return {
+        "type": "actions",
+        "block_id": CONFIRM_BLOCK,
+        "elements": [
+            button(ACCEPT, confirmation.accept_label, "Apply") | {"style": "primary"},
+            button(REJECT, confirmation.reject_label, "Cancel"),
+        ],
+    }
+
+
+def without_buttons(blocks: list[Block]) -> list[Block]:
+    """A posted question's blocks with its Apply / Cancel row taken out."""
+    return [block for block in blocks if block.get("block_id") != CONFIRM_BLOCK]
 
 
 def section(mrkdwn: str) -> Block:

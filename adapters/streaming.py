@@ -4,14 +4,24 @@ A reply arrives as text deltas. StreamingMessage shows it by editing a platform 
 once per `edit_interval`, with a visible "writing" marker, and rolls over into a new message
 before the platform's size limit without breaking a code block. `finish()` always leaves the
 last message in a final state (marker gone, optional note and footer), even after an error.
+
+StreamingColumns does the same for several replies shown side by side in one message.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
+
+from bot.errors import EmberBotError, GenerationAbortedError, UserInputError
+from bot.replies import DeltaSink
+
+log = logging.getLogger(__name__)
+ColumnsRun = Callable[[DeltaSink], Awaitable[list[tuple[str, EmberBotError | None]]]]
 
 FENCE = "```"
 
@@ -134,3 +144,129 @@ def balance_fences(head: str, tail: str) -> tuple[str, str]:
     opening = head.rfind(FENCE)
     language = head[opening + len(FENCE) :].split("\n", 1)[0].strip()
     return head.rstrip("\n") + "\n" + FENCE, f"{FENCE}{language}\n{tail}"
+
+
+# --------------------------------------------------------------------------- side-by-side columns
+
+CUT_NOTE = "… (cut here: too long to show)"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a side-by-side reply, as it should be shown right now."""
+
+    title: str
+    text: str = ""
+    note: str = ""  # why it ended early, if it did
+    writing: bool = True
+
+
+class ColumnsSink(Protocol):
+    """A platform's way to post and edit the one message that shows all the columns."""
+
+    async def post(self, columns: Sequence[Column]) -> object: ...
+
+    async def edit(self, handle: object, columns: Sequence[Column]) -> None: ...
+
+
+class StreamingColumns:
+    """Several replies streamed side by side into one message (e.g. /compare).
+
+    The sink renders and fits the columns; this keeps their texts and paces the edits: one
+    message, so all columns share one `edit_interval`. Columns may stream concurrently: edits
+    are made one at a time, in order, so the final one lands last. `play()` always ends with
+    every column final (no writing marker, its note if it ended early), whatever the run raised.
+    """
+
+    def __init__(
+        self,
+        sink: ColumnsSink,
+        titles: Sequence[str],
+        *,
+        edit_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sink = sink
+        self._columns = [Column(title) for title in titles]
+        self._edit_interval = edit_interval
+        self._clock = clock
+        self._handle: object | None = None  # None until posted, or if the sink posts nothing
+        self._started = False
+        self._shown: list[Column] = []
+        self._last_edit = float("-inf")
+        self._editing = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Post the message with every column still empty and writing."""
+        if not self._started:
+            self._handle = await self._sink.post(self._columns)
+            self._started = True
+            self._shown = list(self._columns)
+            self._last_edit = self._clock()
+
+    async def push(self, index: int, delta: str) -> None:
+        column = self._columns[index]
+        self._columns[index] = replace(column, text=column.text + delta)
+        if self._due():
+            await self._show()
+
+    async def finish(self, finals: Sequence[tuple[str | None, str]]) -> None:
+        """Final edit: per column its final text (None: as streamed) and note."""
+        self._columns = [
+            replace(column, text=column.text if text is None else text, note=note, writing=False)
+            for column, (text, note) in zip(self._columns, finals, strict=True)
+        ]
+        await self._show(final=True)
+
+    async def play(
+        self, run: ColumnsRun, note_for: Callable[[EmberBotError], str], failure_note: str
+    ) -> None:
+        """Run the columns' generation into this message and finalise it, errors as notes."""
+        await self.start()
+        try:
+            results = await run(self.push)
+        except EmberBotError as error:
+            await self.finish([(None, note_for(error))] * len(self._columns))
+        except Exception:
+            log.exception("streaming columns failed")
+            await self.finish([(None, failure_note)] * len(self._columns))
+        else:
+            await self.finish([(text, note_for(err) if err else "") for text, err in results])
+
+    def _due(self) -> bool:
+        return self._clock() - self._last_edit >= self._edit_interval
+
+    async def _show(self, *, final: bool = False) -> None:
+        await self.start()
+        async with self._editing:  # a column that was due while another edited may not be now
+            if self._columns == self._shown or not (final or self._due()):
+                return
+            columns = list(self._columns)
+            await self._sink.edit(self._handle, columns)
+            self._shown = columns
+            self._last_edit = self._clock()
+
+
+def fit_column(
+    column: Column,
+    limit: int,
+    measure: Callable[[str], int] = len,
+    writing_marker: str = " ▌",
+) -> str:
+    """The column's text as shown, within `limit`: a placeholder while empty, the writing
+    marker while streaming, the note last; a text too long is cut with a visible note."""
+    text = column.text.strip() or ("…" if column.writing else "(no reply)")
+    note = f"\n\n{column.note}" if column.note else ""
+    tail = (writing_marker if column.writing else "") + note
+    if measure(text + tail) <= limit:
+        return text + tail
+    tail = f"\n{CUT_NOTE}{tail}"
+    head, _ = split_for_limit(text, max(limit - measure(tail), 0), measure)
+    return head.rstrip() + tail
+
+
+def ended_early_note(error: EmberBotError) -> str:
+    """Why a reply ended early, in words for the note under it."""
+    if isinstance(error, UserInputError | GenerationAbortedError):
+        return error.user_message  # a refusal or a guard's stop explains itself
+    return f"Reply cut short: {error.user_message}"

@@ -35,6 +35,9 @@ async def open_context(settings: Settings) -> AsyncIterator[CommandContext]:
             model=settings.ember_model,
             retry=RetryPolicy(deadline=settings.backend_deadline_seconds),
             breaker=breaker,
+            # The service's backend slots bound its calls; the pool must not bind them tighter.
+            # A few connections more serve what takes no slot (health checks, the model lookup).
+            max_connections=settings.backend_max_concurrency + 4,
         ) as gateway:
             service = EmberService(store, gateway, settings, metrics=metrics)
             yield CommandContext(service, settings, build_registry())

@@ -34,7 +34,8 @@ class Permission(Enum):
     STEER = "steer"  # changes the channel's bot: steering, variants, reset
 
 
-ArgKind = Literal["text", "number", "integer", "choice"]
+# "attachment": a file the user attaches (Discord); adapters pass the file's text as the value.
+ArgKind = Literal["text", "number", "integer", "choice", "attachment"]
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,13 @@ class Registry:
         else:
             sub, remaining = self.group_defaults.get(name, ""), ""
         command = self.get((name, sub))
-        if command is None:
-            choices = ", ".join(c.path[1] for c in subcommands)
-            raise UserInputError(f"/{name} needs one of: {choices}.")
-        return command, remaining
+        if command is not None:
+            return command, remaining
+        default = self.get((name, self.group_defaults.get(name, "")))
+        if default is not None and default.args:  # `/guard pirate 0.5` is `/guard set ...`
+            return default, rest
+        choices = ", ".join(c.path[1] for c in subcommands)
+        raise UserInputError(f"/{name} needs one of: {choices}.")
 
 
 def split_words(text: str) -> list[str]:
@@ -197,7 +201,7 @@ def coerce_options(command: Command, options: Mapping[str, Any]) -> dict[str, An
 
 
 def coerce_value(arg: Arg, raw: Any) -> Any:
-    if arg.kind == "text":
+    if arg.kind in ("text", "attachment"):
         return clean_text(str(raw))
     if arg.kind == "choice":
         text = str(raw).lower()

@@ -13,8 +13,11 @@ A chat stream is retried only while no text has been yielded, so a reply is neve
 Circuit breaker (optional): every call, retries included, passes through a `CircuitBreaker`, so
 after repeated failures calls are refused at once until a probe finds the backend back.
 
-Guard events: if the server reports `gf_event_names` on a stream, the text that came is yielded
-and `GenerationAbortedError` is raised when the stream ends (the caller keeps the partial text).
+Guards: each `Guard` goes on the wire as a controller scope with an `event_name` (what
+`Variant.abort_when` would send; built here because the SDK's handler path is broken, ember-api.md
+§3.5). If the server reports `gf_event_names` on a stream, the text that came is yielded and
+`GenerationAbortedError`, naming the guard that fired, is raised when the stream ends (the caller
+keeps the partial text).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,7 +57,9 @@ from bot.models import (
     FeatureActivation,
     FeatureEdit,
     FeatureRef,
+    Guard,
     SamplingOptions,
+    TokenActivation,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,6 +69,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Be brief, friendly and to 
 # What the SDK sends as `stop` for chat; kept so our requests look like the SDK's.
 _SDK_STOP = ["<|eot_id|>", "<|begin_of_text|>"]
 _LABEL_BATCH = 50  # the label route accepts at most 50 ids per request
+_DRAIN_SECONDS = 0.5
 Aggregate = Literal["max", "mean", "sum", "count"]
 
 
@@ -313,8 +319,24 @@ async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
         yield data
 
 
-async def _stream_text(response: httpx.Response) -> AsyncIterator[str]:
-    """Text deltas of a 200 SSE chat response, deduplicated by gf_token_index."""
+async def _drain(stream: AsyncIterator[str]) -> None:
+    """Read what follows `[DONE]` (normally just the end of the body): httpx only returns a
+    fully read connection to its pool, so stopping at `[DONE]` costs a new connection per reply.
+    A server that lingers after `[DONE]` gets `_DRAIN_SECONDS`, then its connection is closed."""
+    with contextlib.suppress(TimeoutError, httpx.TransportError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in stream:
+                pass
+
+
+async def _stream_text(
+    response: httpx.Response, event_reasons: Mapping[str, str]
+) -> AsyncIterator[str]:
+    """Text deltas of a 200 SSE chat response, deduplicated by gf_token_index.
+
+    `event_reasons` words the abort for the event names we asked for (unknown ones get a
+    generic reason).
+    """
     seen: set[int] = set()
     events: list[str] = []
     finished = False
@@ -322,6 +344,7 @@ async def _stream_text(response: httpx.Response) -> AsyncIterator[str]:
         async for data in stream:
             if data == "[DONE]":
                 finished = True
+                await _drain(stream)
                 break
             for delta in _parse_chunk(data):
                 events.extend(delta.events)
@@ -334,6 +357,9 @@ async def _stream_text(response: httpx.Response) -> AsyncIterator[str]:
                     yield delta.text
     if events:
         logger.info("Ember backend stopped generation on events %s", events)
+        reasons = [event_reasons[name] for name in dict.fromkeys(events) if name in event_reasons]
+        if reasons:
+            raise GenerationAbortedError(" and ".join(reasons) + " fired")
         raise GenerationAbortedError()
     if not finished:
         raise BackendUnavailableError("the reply stream ended early")
@@ -370,6 +396,45 @@ def build_variant(model: str, edits: list[FeatureEdit]) -> goodfire.Variant:
     for edit in by_index.values():
         variant.set(_sdk_feature(edit.feature), edit.value)
     return variant
+
+
+def guard_scope(guard: Guard) -> dict[str, Any]:
+    """The controller scope `variant.abort_when(feature > threshold)` sends, with our own
+    event name so that the event tells which guard fired."""
+    feature = _sdk_feature(guard.feature).json()
+    return {
+        "conditionals": {
+            "conditionals": [
+                {
+                    "left_hand": {"features": [feature]},
+                    "right_hand": guard.threshold,
+                    "operator": ">",
+                }
+            ],
+            "operator": "AND",
+        },
+        "controller": {"interventions": [], "scopes": []},
+        "is_active": False,
+        "event_name": guard.event_name,
+    }
+
+
+def controller_json(
+    model: str, edits: Sequence[FeatureEdit], guards: Sequence[Guard] = ()
+) -> dict[str, Any] | None:
+    """The `controller` of a chat request: the edits' nudges and one abort scope per guard."""
+    if not edits and not guards:
+        return None
+    controller = build_variant(model, list(edits)).controller.json()
+    controller["scopes"] = [guard_scope(guard) for guard in guards]
+    return controller
+
+
+def _token_activation(token: Any, index: int) -> TokenActivation:
+    strength = next(
+        (a["activation_strength"] for a in token._feature_acts if a["index_in_sae"] == index), 0.0
+    )
+    return TokenActivation(token._token, max(0.0, float(strength)))
 
 
 @dataclass
@@ -419,6 +484,7 @@ class EmberGateway:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         http: httpx.AsyncClient | None = None,
         breaker: CircuitBreaker | None = None,
+        max_connections: int = 100,
     ) -> None:
         self._api_url = f"{base_url.rstrip('/')}/api/inference/v1"
         api_key = api_key or NO_KEY  # "Bearer " alone is an illegal header value
@@ -429,8 +495,12 @@ class EmberGateway:
         self._model = model
         self._model_lock = asyncio.Lock()
         self._owns_http = http is None
+        # Idle connections are kept (for httpx's 5 s keep-alive) up to the pool size, so a burst
+        # of replies ending together does not cost the next burst new connections.
         self._http = http or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            )
         )
         self._pooled = PooledHTTP(self._http, retry)
         self._sdk = goodfire.AsyncClient(api_key, base_url=base_url.rstrip("/"))
@@ -529,6 +599,32 @@ class EmberGateway:
             for index, total in ranked
         ]
 
+    async def token_activations(
+        self, messages: list[ChatMessage], edits: list[FeatureEdit], feature: FeatureRef
+    ) -> list[TokenActivation]:
+        """How strongly `feature` fired on every token the server read for `messages` (the
+        chat template's own tokens included)."""
+        model = await self.model_id()
+        target = build_variant(model, edits) if edits else model
+        with self._call():
+            inspector = await self._sdk.features.inspect(
+                [m.as_wire() for m in messages],  # type: ignore[misc]
+                model=target,  # type: ignore[arg-type]
+                features=_sdk_feature(feature),
+                _fetch_feature_data=False,
+            )
+            return [_token_activation(token, feature.index_in_sae) for token in inspector.tokens]
+
+    async def autosteer(self, specification: str) -> list[FeatureEdit]:
+        """The edits the backend's AutoSteer proposes for a plain-words description."""
+        model = await self.model_id()
+        with self._call():
+            proposed = await self._sdk.features.AutoSteer(specification, model=model)  # type: ignore[arg-type]
+            return [
+                FeatureEdit(_feature_ref(feature), float(value))
+                for feature, value in proposed._edits.items()
+            ]
+
     async def _labels(self, uuids: list[str]) -> dict[str, str]:
         labels: dict[str, str] = {}
         for start in range(0, len(uuids), _LABEL_BATCH):
@@ -537,20 +633,26 @@ class EmberGateway:
         return labels
 
     async def stream_chat(
-        self, messages: list[ChatMessage], edits: list[FeatureEdit], sampling: SamplingOptions
+        self,
+        messages: list[ChatMessage],
+        edits: list[FeatureEdit],
+        sampling: SamplingOptions,
+        guards: Sequence[Guard] = (),
     ) -> AsyncGenerator[str, None]:
         """Text deltas of the reply; retried only until the first delta has been yielded.
 
         The deadline bounds the wait for the response and for each read, not the whole reply.
+        A guard that fires ends the reply with GenerationAbortedError naming it.
         Close the iterator (`contextlib.aclosing`) when abandoning it early.
         """
-        payload = await self._chat_payload(messages, edits, sampling)
+        payload = await self._chat_payload(messages, edits, sampling, guards)
+        reasons = {guard.event_name: guard.describe() for guard in guards}
         attempts = _Attempts(self._retry)
         with self._guard():
             while True:
                 yielded = False
                 try:
-                    async for delta in self._stream_once(payload, attempts):
+                    async for delta in self._stream_once(payload, attempts, reasons):
                         yielded = True
                         yield delta
                     return
@@ -560,7 +662,7 @@ class EmberGateway:
                     await attempts.backoff_or_raise(error)
 
     async def _stream_once(
-        self, payload: dict[str, Any], attempts: _Attempts
+        self, payload: dict[str, Any], attempts: _Attempts, event_reasons: Mapping[str, str]
     ) -> AsyncIterator[str]:
         try:
             async with self._http.stream(
@@ -573,13 +675,17 @@ class EmberGateway:
                 if response.status_code != 200:
                     body = (await response.aread()).decode("utf-8", errors="replace")
                     raise _error_for_response(response.status_code, response.headers, body)
-                async for delta in _stream_text(response):
+                async for delta in _stream_text(response, event_reasons):
                     yield delta
         except httpx.TransportError as error:
             raise _error_for_transport(error, attempts.elapsed()) from error
 
     async def _chat_payload(
-        self, messages: list[ChatMessage], edits: list[FeatureEdit], sampling: SamplingOptions
+        self,
+        messages: list[ChatMessage],
+        edits: list[FeatureEdit],
+        sampling: SamplingOptions,
+        guards: Sequence[Guard],
     ) -> dict[str, Any]:
         if self._system_prompt and (not messages or messages[0].role != "system"):
             messages = [ChatMessage("system", self._system_prompt), *messages]
@@ -594,8 +700,8 @@ class EmberGateway:
             "stop": _SDK_STOP,
             "seed": sampling.seed if sampling.seed is not None else random.randrange(2**31),
         }
-        if edits:
-            payload["controller"] = build_variant(model, edits).controller.json()
+        if controller := controller_json(model, edits, guards):
+            payload["controller"] = controller
         return payload
 
     def _guard(self) -> contextlib.AbstractContextManager[None]:

@@ -35,16 +35,31 @@ def edits_table(variant: VariantState) -> Table:
             TableRow(e.feature.label, e.value, f"#{e.feature.index_in_sae}")
             for e in variant.sorted_edits()
         ],
+        footer=guards_line(variant),
     )
 
 
+def guards_line(variant: VariantState) -> str:
+    """ "Guards: stops if "pirate speech" > 0.5, ..." or "" without guards."""
+    if not variant.guards:
+        return ""
+    guards = ", ".join(f'"{g.feature.label}" > {g.threshold:g}' for g in variant.sorted_guards())
+    return f"Guards: stops if {guards}"
+
+
 def steering_footer(variant: VariantState) -> str:
-    """One line naming the active variant and its edits, for reply footers."""
+    """One line naming the active variant, its edits and guards, for reply footers."""
+    guards = [f"guard {g.feature.label} > {g.threshold:g}" for g in variant.sorted_guards()]
+    return " · ".join([f"variant {variant.name}", edits_summary(variant), *guards[:2]])
+
+
+def edits_summary(variant: VariantState) -> str:
+    """ "pirate speech +0.5, cats -0.3" (the four strongest), or "unsteered"."""
     if not variant.edits:
-        return f"variant {variant.name} · unsteered"
+        return "unsteered"
     edits = ", ".join(f"{e.feature.label} {e.value:+.2g}" for e in variant.sorted_edits()[:4])
     more = len(variant.edits) - 4
-    return f"variant {variant.name} · {edits}" + (f" (+{more} more)" if more > 0 else "")
+    return edits + (f" (+{more} more)" if more > 0 else "")
 
 
 # --- /steer ----------------------------------------------------------------------------------
@@ -108,13 +123,14 @@ async def _pick_feature(ctx: CommandContext, query: str) -> Reply:
     return Reply(text, ephemeral=True, feature_choices=matches)
 
 
-# --- /features, /inspect ------------------------------------------------------------------------
+# --- /features ------------------------------------------------------------------------------------
 
 
 async def features_show(ctx: CommandContext, inv: Invocation) -> Reply:
     variant = await ctx.service.active_variant(inv.session)
     if not variant.edits:
-        return Reply(f'Variant "{variant.name}" is not steered. Try {STEER_EXAMPLES[0]}')
+        lines = [f'Variant "{variant.name}" is not steered. Try {STEER_EXAMPLES[0]}']
+        return Reply("\n".join(filter(None, [*lines, guards_line(variant)])))
     return Reply("", table=edits_table(variant))
 
 
@@ -125,11 +141,6 @@ async def features_search(ctx: CommandContext, inv: Invocation) -> Reply:
         return Reply(f'No features match "{query}".', ephemeral=True)
     lines = [f"  #{f.index_in_sae}  {f.label}" for f in found]
     return Reply("\n".join([f'Features matching "{query}":', *lines]), feature_choices=found)
-
-
-async def inspect(ctx: CommandContext, inv: Invocation) -> Reply:
-    activations, _ = await ctx.service.inspect(inv.session, inv.args["top"])
-    return Reply("", table=activation_table(activations))
 
 
 def activation_table(activations: list[FeatureActivation]) -> Table:
@@ -179,15 +190,18 @@ async def variant_export(ctx: CommandContext, inv: Invocation) -> Reply:
     text = json.dumps(data, indent=2)
     name = inv.args["name"] or "active"
     return Reply(
-        f"Variant JSON (load it with goodfire.Variant.from_json):\n{text}",
-        attachment=Attachment(f"variant-{name}.json", text.encode()),
+        f"Variant JSON (load it with goodfire.Variant.from_json; guards are not exported):\n{text}",
+        attachment=Attachment(f"variant-{name}.json", text.encode(), "application/json"),
     )
 
 
 async def variant_import(ctx: CommandContext, inv: Invocation) -> Reply:
-    variant = await ctx.service.import_variant(
-        inv.session, inv.args["name"], inv.args["json"], inv.actor
-    )
+    text = inv.args["file"] or inv.args["json"]
+    if not text:
+        raise UserInputError(
+            "Paste the variant JSON after the name, or attach the .json file /variant export made."
+        )
+    variant = await ctx.service.import_variant(inv.session, inv.args["name"], text, inv.actor)
     return Reply(
         f'Imported variant "{variant.name}" with {len(variant.edits)} edits; it is now active.'
     )
@@ -209,11 +223,15 @@ async def help_command(ctx: CommandContext, inv: Invocation) -> Reply:
 
 
 def build_registry() -> Registry:
+    from bot.demo_handlers import demo_commands  # they build on this module's helpers
+
     registry = Registry(
-        group_defaults={"features": "show"},
+        group_defaults={"features": "show", "guard": "set", "history": "steering"},
         group_descriptions={
             "features": "See the steering in effect or search the model's features",
             "variant": "Named variants of the bot in this channel",
+            "guard": "Stop replies when a feature fires too strongly",
+            "history": "What changed in this channel",
         },
     )
     feature = Arg(
@@ -256,7 +274,6 @@ def build_registry() -> Registry:
             features_search,
             (Arg("query", "Words describing the feature", rest=True), top),
         ),
-        Command(("inspect",), "Show which features fired in the last exchange", inspect, (top,)),
         Command(
             ("reset",),
             "Reset steering (default), history, or all",
@@ -304,9 +321,14 @@ def build_registry() -> Registry:
             ("variant", "import"),
             "Import Variant JSON as a named variant",
             variant_import,
-            (Arg("name", "Name to store it under"), Arg("json", "The JSON", rest=True)),
+            (
+                Arg("name", "Name to store it under"),
+                Arg("json", "The JSON, pasted", required=False, rest=True),
+                Arg("file", "Or the .json file", kind="attachment", required=False),
+            ),
             Permission.STEER,
         ),
+        *demo_commands(),
         Command(
             ("help",),
             "How to use the bot",

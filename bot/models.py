@@ -14,6 +14,12 @@ class FeatureRef:
     uuid: str = ""
 
 
+def named_feature(features: list[FeatureRef], query: str) -> FeatureRef | None:
+    """The feature among `features` whose label or index (`#12`, `12`) is exactly `query`."""
+    wanted = query.strip().lower().lstrip("#")
+    return next((f for f in features if wanted in (f.label.lower(), str(f.index_in_sae))), None)
+
+
 @dataclass(frozen=True)
 class FeatureEdit:
     """A nudge of `value` (in [-1, 1]) on one feature."""
@@ -28,6 +34,30 @@ class FeatureActivation:
 
     feature: FeatureRef
     activation: float
+
+
+@dataclass(frozen=True)
+class TokenActivation:
+    """How strongly one feature fired on one token."""
+
+    token: str
+    activation: float
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Stop generating once `feature` fires above `threshold` (in the units /inspect shows)."""
+
+    feature: FeatureRef
+    threshold: float
+
+    @property
+    def event_name(self) -> str:
+        """The name the server reports in `gf_event_names` when this guard fires."""
+        return f"guard:{self.feature.index_in_sae}"
+
+    def describe(self) -> str:
+        return f'the guard on "{self.feature.label}" (> {self.threshold:g})'
 
 
 @dataclass(frozen=True)
@@ -52,11 +82,20 @@ class VariantState:
     """A named variant as we store it: edits keyed by index_in_sae.
 
     `base_model` is empty until known (an import names it; exports ask the backend).
+    `guards` (keyed by index_in_sae too) stop generation when their feature fires too strongly.
     """
 
     name: str
     base_model: str
     edits: dict[int, FeatureEdit] = field(default_factory=dict)
+    guards: dict[int, Guard] = field(default_factory=dict)
 
     def sorted_edits(self) -> list[FeatureEdit]:
         return sorted(self.edits.values(), key=lambda e: (-abs(e.value), e.feature.index_in_sae))
+
+    def sorted_guards(self) -> list[Guard]:
+        return sorted(self.guards.values(), key=lambda g: g.feature.index_in_sae)
+
+    @property
+    def is_steered(self) -> bool:
+        return bool(self.edits or self.guards)

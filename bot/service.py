@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.conversation import build_messages
 from bot.errors import EmberBotError, UserInputError
+from bot.guards import Guards
 from bot.lifecycle import Lifecycle
 from bot.logs import log_context
 from bot.metrics import Metrics, TurnTimer
@@ -26,7 +27,9 @@ from bot.models import (
     FeatureEdit,
     FeatureRef,
     SamplingOptions,
+    TokenActivation,
     VariantState,
+    named_feature,
 )
 from bot.ratelimit import BackendSlots, QueueCallback, Rate, RateLimiter
 from bot.settings import Settings
@@ -158,6 +161,7 @@ class EmberService:
         )
         self._slots = BackendSlots(s.backend_max_concurrency, s.backend_max_queue)
         self.metrics.watch_slots(self._slots)
+        self.guards = Guards(store, self, s.max_edits_per_variant)
 
     def admit_steering(self, session: SessionKey, actor: Actor) -> None:
         """Count one steering command against the rate limits, or raise SlowDownError."""
@@ -202,6 +206,7 @@ class EmberService:
             name,
             source.base_model if source else "",
             dict(source.edits) if source else {},
+            dict(source.guards) if source else {},
         )
         await self._store.save_variant(
             str(session), variant, actor=str(actor), action="variant.create", detail={"from": base}
@@ -324,6 +329,13 @@ class EmberService:
         values = [validate_steering_value(value) for _, value in requests]
         features = [await self.resolve_feature(query) for query, _ in requests]
         applied = [FeatureEdit(f, v) for f, v in zip(features, values, strict=True)]
+        await self.apply_edits(session, applied, actor)
+        return applied
+
+    async def apply_edits(
+        self, session: SessionKey, applied: list[FeatureEdit], actor: Actor, action: str = "steer"
+    ) -> VariantState:
+        """Merge resolved edits into the active variant (value 0 clears); audited as `action`."""
         variant = await self.active_variant(session)
         edits = dict(variant.edits)
         for edit in applied:
@@ -332,15 +344,20 @@ class EmberService:
             else:
                 edits[edit.feature.index_in_sae] = edit
         self._check_edit_limit(len(edits))
+        variant = replace(variant, edits=edits)
         detail = {"set": {str(e.feature.index_in_sae): [e.feature.label, e.value] for e in applied}}
         await self._store.save_variant(
-            str(session),
-            replace(variant, edits=edits),
-            actor=str(actor),
-            action="steer",
-            detail=detail,
+            str(session), variant, actor=str(actor), action=action, detail=detail
         )
-        return applied
+        return variant
+
+    async def autosteer(self, description: str) -> list[FeatureEdit]:
+        """The edits the backend's AutoSteer proposes for `description`, each within [-1, 1]."""
+        description = validate_query(description, self._settings.max_query_chars)
+        async with self._slots.slot():
+            proposed = await self._gateway.autosteer(description)
+        edits = [replace(e, value=max(-1.0, min(1.0, e.value))) for e in proposed if e.value]
+        return edits[: self._settings.max_edits_per_variant]
 
     async def clear_feature(self, session: SessionKey, query: str, actor: Actor) -> FeatureRef:
         variant = await self.active_variant(session)
@@ -379,7 +396,7 @@ class EmberService:
         return await self._store.clear_messages(str(session), actor=str(actor))
 
     async def _clear_steering(self, session: SessionKey, actor: Actor) -> VariantState:
-        variant = replace(await self.active_variant(session), edits={})
+        variant = replace(await self.active_variant(session), edits={}, guards={})
         await self._store.save_variant(
             str(session), variant, actor=str(actor), action="steer.reset", detail={}
         )
@@ -394,14 +411,17 @@ class EmberService:
 
     @staticmethod
     def _find_edited(variant: VariantState, query: str) -> FeatureRef | None:
-        wanted = query.strip().lower().lstrip("#")
-        for edit in variant.edits.values():
-            if wanted in (edit.feature.label.lower(), str(edit.feature.index_in_sae)):
-                return edit.feature
-        return None
+        return named_feature([e.feature for e in variant.edits.values()], query)
 
     async def audit_log(self, session: SessionKey, limit: int = 20) -> list[AuditEntry]:
         return await self._store.audit_entries(str(session), limit)
+
+    async def steering_history(
+        self, session: SessionKey, limit: int = 20
+    ) -> tuple[list[AuditEntry], int]:
+        """The newest `limit` audit entries of the channel, newest first, and how many exist."""
+        entries = await self._store.audit_entries(str(session), limit)
+        return entries, await self._store.count_audit_entries(str(session))
 
     # --- chat and inspection -----------------------------------------------------------------
 
@@ -462,7 +482,9 @@ class EmberService:
             history = await self._store.recent_messages(key, self._settings.history_max_messages)
             messages = self._request_messages(history)
             result = ChatResult("", variant)
-            result.text, result.error = await self._stream_reply(messages, variant, on_delta, timer)
+            result.text, result.error = await self._stream_reply(
+                messages, variant, self._sampling(), on_delta, timer
+            )
         finally:
             self._slots.release()
         if result.text:
@@ -478,19 +500,25 @@ class EmberService:
     async def _stream_reply(
         self,
         messages: list[ChatMessage],
-        variant: VariantState,
+        variant: VariantState | None,
+        sampling: SamplingOptions,
         on_delta: Callable[[str], Awaitable[None]],
-        timer: TurnTimer,
+        timer: TurnTimer | None = None,
     ) -> tuple[str, EmberBotError | None]:
-        """The reply's text as far as it got, and the error that stopped it, if any."""
+        """The reply's text as far as it got, and the error that stopped it, if any.
+
+        `variant` None is the base model: no edits, no guards.
+        """
         parts: list[str] = []
-        stream = self._gateway.stream_chat(messages, variant.sorted_edits(), self._sampling())
+        edits, guards = (variant.sorted_edits(), variant.sorted_guards()) if variant else ([], [])
+        stream = self._gateway.stream_chat(messages, edits, sampling, guards)
         try:
             with self.metrics.streaming():
                 async with self.lifecycle.interruptible(), aclosing(stream):
                     async for delta in stream:
                         parts.append(delta)
-                        timer.first_token()
+                        if timer is not None:
+                            timer.first_token()
                         await on_delta(delta)
         except EmberBotError as error:
             return "".join(parts), error
@@ -504,13 +532,60 @@ class EmberService:
         if not 1 <= top_k <= 100:
             raise UserInputError(f"top_k must be between 1 and 100, got {top_k}.")
         variant = await self.active_variant(session)
-        last = await self._store.recent_messages(str(session), 2)
-        if not last:
-            raise UserInputError("Nothing to inspect yet: chat with the bot first.")
-        exchange = [ChatMessage(m.role, m.content) for m in last]
+        exchange = await self._last_exchange(session)
         async with self._slots.slot():
             activations = await self._gateway.inspect(exchange, variant.sorted_edits(), top_k=top_k)
         return activations, exchange
+
+    async def _last_exchange(self, session: SessionKey) -> list[ChatMessage]:
+        last = await self._store.recent_messages(str(session), 2)
+        if not last:
+            raise UserInputError("Nothing to inspect yet: chat with the bot first.")
+        return [ChatMessage(m.role, m.content) for m in last]
+
+    async def token_activations(
+        self, session: SessionKey, query: str
+    ) -> tuple[FeatureRef, list[ChatMessage], list[TokenActivation]]:
+        """The feature `query` names, the channel's last exchange, and how strongly the feature
+        fired on each token the backend read for it (chat-template tokens included)."""
+        feature = await self.resolve_feature(query)
+        variant = await self.active_variant(session)
+        exchange = await self._last_exchange(session)
+        async with self._slots.slot():
+            tokens = await self._gateway.token_activations(
+                exchange, variant.sorted_edits(), feature
+            )
+        return feature, exchange, tokens
+
+    def admit_prompt(self, session: SessionKey, actor: Actor, text: str) -> str:
+        """Check a one-off prompt (e.g. /compare) and count it against the chat rate limits."""
+        text = self._validate_message(text)
+        self._chat_limits.admit(actor.user_id, str(session))
+        return text
+
+    async def complete(
+        self,
+        prompt: str,
+        variant: VariantState | None,
+        seed: int,
+        on_delta: Callable[[str], Awaitable[None]],
+    ) -> tuple[str, EmberBotError | None]:
+        """A reply to `prompt` alone (no history; nothing stored) from `variant`, or from the
+        base model when None. Returns the text as far as it got and what cut it short."""
+        messages = [
+            ChatMessage("system", self._settings.system_prompt),
+            ChatMessage("user", prompt),
+        ]
+        try:
+            async with self.lifecycle.interruptible():
+                await self._slots.acquire()
+        except EmberBotError as error:
+            return "", error
+        try:
+            sampling = replace(self._sampling(), seed=seed)
+            return await self._stream_reply(messages, variant, sampling, on_delta)
+        finally:
+            self._slots.release()
 
     def _request_messages(self, history: list[StoredMessage]) -> list[ChatMessage]:
         return build_messages(

@@ -1,5 +1,6 @@
 """The HTTP face of the server: the Ember wire API (see shared/ember-api.md §2) over one Runtime."""
 
+import functools
 import hashlib
 import json
 import logging
@@ -169,11 +170,12 @@ def _api_router(bundle: ModelBundle, runtime: Runtime) -> APIRouter:
             catalog.check(include)
         prompt = prompt_of(body.messages, "read")
         rows = await runtime.inspect(prompt, plan, body.aggregate_by, include)
+        describe = functools.cache(catalog.describe)  # the same few features on every token
         tokens = [
             {
                 "token": row.token,
                 "attributions": [
-                    {**catalog.describe(index), "activation_strength": value}
+                    {**describe(index), "activation_strength": value}
                     for index, value in row.activations
                 ],
             }

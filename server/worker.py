@@ -1,8 +1,12 @@
 """One thread that owns the model: every forward pass of the server runs here, never on the loop.
 
-Streaming generations are interleaved token by token (round robin), so a long reply does not
-hold up a short one, and one-off calls (inspect, logits, ...) run between two tokens. Each job
-carries its own state, so interleaving never mixes two requests' steering.
+Jobs are one-off calls (inspect, logits, ...) and streams (generations). The thread works in
+rounds: one waiting call, then a turn for every stream, so a long reply does not hold up a short
+one and calls run between two tokens. A stream is a generator. What it yields goes to its
+consumer, except `Batched(work)`: the worker collects the work of every stream that asked for it
+this round and hands it all to `run_batch` at once (one forward pass decodes every generation),
+then sends each stream its own result. Each stream carries its own state, so batching never mixes
+two requests' steering.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import concurrent.futures
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,9 +26,22 @@ _END = object()  # a stream's last item
 _STOP = object()  # tells the thread to exit
 STOPPED_MESSAGE = "The inference worker has stopped; the server is shutting down."
 
+# Runs one round's work items together; returns one result per item, in order. An exception
+# instance as a result fails only that item's stream; raising fails every stream of the round.
+BatchRunner = Callable[[list[Any]], Sequence[Any]]
+
 
 class WorkerStopped(RuntimeError):
     """The worker was closed before it could run the job."""
+
+
+@dataclass(frozen=True)
+class Batched:
+    """Yielded by a stream: run `work` together with the other streams' this round and send the
+    result back into the stream. `ready` items go to the consumer first."""
+
+    work: Any
+    ready: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -35,15 +52,27 @@ class _Call:
 
 @dataclass
 class _Stream:
-    steps: Iterator[Any]
+    steps: Generator[Any, Any, None]
     deliver: Callable[[Any], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    result: Any = None  # sent into `steps` at its next turn (an exception is thrown in)
 
 
 class InferenceWorker:
-    def __init__(self, name: str = "ember-inference") -> None:
+    def __init__(
+        self,
+        name: str = "ember-inference",
+        *,
+        run_batch: BatchRunner | None = None,
+        initializer: Callable[[], None] | None = None,
+    ) -> None:
+        """`run_batch` serves the streams' Batched work; `initializer` runs first on the thread
+        (per-thread settings such as torch's intra-op thread count)."""
         self._inbox: queue.SimpleQueue[_Call | _Stream | object] = queue.SimpleQueue()
-        self._streams: deque[_Stream] = deque()
+        self._calls: deque[_Call] = deque()
+        self._streams: list[_Stream] = []
+        self._run_batch = run_batch
+        self._initializer = initializer
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -53,11 +82,11 @@ class InferenceWorker:
         self._submit(_Call(fn, future))
         return await asyncio.wrap_future(future)
 
-    async def stream(self, steps: Iterator[T]) -> AsyncGenerator[T, None]:
+    async def stream(self, steps: Generator[Any, Any, None]) -> AsyncGenerator[Any, None]:
         """Advance `steps` on the worker thread, yielding each item as soon as it exists.
 
         Closing the returned iterator early (client gone) cancels the job; the worker closes
-        `steps` before its next step.
+        `steps` before its next turn.
         """
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
@@ -76,7 +105,7 @@ class InferenceWorker:
             job.cancelled.set()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the thread after the current step; unfinished jobs fail with WorkerStopped."""
+        """Stop the thread after the current round; unfinished jobs fail with WorkerStopped."""
         self._inbox.put(_STOP)
         self._thread.join(timeout)
 
@@ -86,19 +115,85 @@ class InferenceWorker:
         self._inbox.put(job)
 
     def _run(self) -> None:
-        while (job := self._next_job()) is not _STOP:
+        if self._initializer is not None:
+            self._initializer()
+        while self._collect():
+            if self._calls:
+                self._run_call(self._calls.popleft())
+            if self._streams:
+                self._round()
+        self._fail_unfinished()
+
+    def _collect(self) -> bool:
+        """Take every submitted job, waiting only when there is nothing to do; False on stop."""
+        block = not (self._calls or self._streams)
+        while True:
+            try:
+                job = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            if job is _STOP:
+                return False
             if isinstance(job, _Call):
-                self._run_call(job)
+                self._calls.append(job)
             elif isinstance(job, _Stream):
                 self._streams.append(job)
-            if self._streams:
-                self._advance(self._streams.popleft())
-        self._fail_unfinished()
+            block = False
+
+    def _round(self) -> None:
+        """A turn for every stream, then the batched work they asked for."""
+        waiting: list[tuple[_Stream, Any]] = []
+        still_running: list[_Stream] = []
+        for stream in self._streams:
+            if (item := self._turn(stream)) is _END:
+                continue
+            still_running.append(stream)
+            if isinstance(item, Batched):
+                waiting.append((stream, item.work))
+        self._streams = still_running
+        if self._run_batch is not None:
+            self._serve(waiting, self._run_batch)
+        elif waiting:
+            missing = RuntimeError("this worker has no run_batch for Batched work")
+            for stream, _work in waiting:
+                stream.result = missing
+
+    def _turn(self, stream: _Stream) -> Any:
+        """Advance `stream` by one item and deliver it; _END once the stream is over."""
+        if stream.cancelled.is_set():
+            stream.steps.close()
+            return _END
+        result, stream.result = stream.result, None
+        try:
+            if isinstance(result, BaseException):
+                item = stream.steps.throw(result)
+            else:
+                item = stream.steps.send(result)
+        except StopIteration:
+            self._deliver(stream, _END)
+            return _END
+        except Exception as error:  # handed to the awaiting request
+            self._deliver(stream, error)
+            return _END
+        for ready in item.ready if isinstance(item, Batched) else (item,):
+            self._deliver(stream, ready)
+        return item
+
+    @staticmethod
+    def _serve(waiting: list[tuple[_Stream, Any]], run_batch: BatchRunner) -> None:
+        """Run the round's batched work (also when there is none: the runner may free rows)."""
+        try:
+            results = run_batch([work for _stream, work in waiting])
+            answered = list(zip(waiting, results, strict=True))
+        except Exception as error:  # thrown into every stream of the round
+            answered = [(entry, error) for entry in waiting]
+        for (stream, _work), result in answered:
+            stream.result = result
 
     def _fail_unfinished(self) -> None:
         """After a stop: end every stream under way and every job still queued with an error."""
         stopped = WorkerStopped(STOPPED_MESSAGE)
-        unfinished: list[object] = [*self._streams]
+        unfinished: list[object] = [*self._streams, *self._calls]
         while True:
             try:
                 unfinished.append(self._inbox.get_nowait())
@@ -106,17 +201,10 @@ class InferenceWorker:
                 break
         for job in unfinished:
             if isinstance(job, _Stream):
-                _close_quietly(job.steps)
+                job.steps.close()
                 self._deliver(job, stopped)
             elif isinstance(job, _Call) and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(stopped)
-
-    def _next_job(self) -> _Call | _Stream | object | None:
-        """The next submitted job; waits only when no stream has steps left to run."""
-        try:
-            return self._inbox.get(block=not self._streams)
-        except queue.Empty:
-            return None
 
     @staticmethod
     def _run_call(call: _Call) -> None:
@@ -127,30 +215,9 @@ class InferenceWorker:
         except BaseException as error:  # handed to the awaiting request
             call.future.set_exception(error)
 
-    def _advance(self, stream: _Stream) -> None:
-        if stream.cancelled.is_set():
-            _close_quietly(stream.steps)
-            return
-        try:
-            item = next(stream.steps)
-        except StopIteration:
-            self._deliver(stream, _END)
-            return
-        except Exception as error:  # handed to the awaiting request
-            self._deliver(stream, error)
-            return
-        self._deliver(stream, item)
-        self._streams.append(stream)
-
     @staticmethod
     def _deliver(stream: _Stream, item: Any) -> None:
         try:
             stream.deliver(item)
         except RuntimeError:  # the request's event loop is gone
             stream.cancelled.set()
-
-
-def _close_quietly(steps: Iterator[Any]) -> None:
-    close = getattr(steps, "close", None)
-    if close is not None:
-        close()

@@ -37,4 +37,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_by_session ON audit_log(session_key, id);
     """,
+    # 2: guards on variants (stop generation when a feature fires), as JSON like the edits
+    """
+    ALTER TABLE variants ADD COLUMN guards_json TEXT NOT NULL DEFAULT '[]';
+    """,
 ]

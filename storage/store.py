@@ -17,10 +17,11 @@ from typing import Any
 
 import aiosqlite
 
-from bot.models import FeatureEdit, FeatureRef, VariantState
+from bot.models import FeatureEdit, FeatureRef, Guard, VariantState
 from storage.migrations import MIGRATIONS
 
 DEFAULT_VARIANT = "default"
+_VARIANT_COLUMNS = "name, base_model, edits_json, guards_json"
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,35 @@ def edits_to_json(edits: dict[int, FeatureEdit]) -> str:
 def edits_from_json(text: str) -> dict[int, FeatureEdit]:
     edits = {}
     for row in json.loads(text):
-        feature = FeatureRef(int(row["index_in_sae"]), str(row["label"]), str(row.get("uuid", "")))
+        feature = _feature_from_row(row)
         edits[feature.index_in_sae] = FeatureEdit(feature, float(row["value"]))
     return edits
+
+
+def guards_to_json(guards: dict[int, Guard]) -> str:
+    return json.dumps(
+        [
+            {
+                "index_in_sae": g.feature.index_in_sae,
+                "label": g.feature.label,
+                "uuid": g.feature.uuid,
+                "threshold": g.threshold,
+            }
+            for g in guards.values()
+        ]
+    )
+
+
+def guards_from_json(text: str) -> dict[int, Guard]:
+    guards = {}
+    for row in json.loads(text):
+        feature = _feature_from_row(row)
+        guards[feature.index_in_sae] = Guard(feature, float(row["threshold"]))
+    return guards
+
+
+def _feature_from_row(row: dict[str, Any]) -> FeatureRef:
+    return FeatureRef(int(row["index_in_sae"]), str(row["label"]), str(row.get("uuid", "")))
 
 
 class Store:
@@ -103,8 +130,9 @@ class Store:
             await self._db.commit()
 
     async def _fetchall(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
-        async with self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One trip to aiosqlite's thread, not three (execute, fetchall, close): every trip wakes
+        # the event loop and trades the GIL, which costs more than the query itself.
+        return list(await self._db.execute_fetchall(sql, params))
 
     async def integrity_ok(self) -> bool:
         rows = await self._fetchall("PRAGMA integrity_check")
@@ -123,14 +151,15 @@ class Store:
                 "INSERT OR IGNORE INTO sessions (key, created_at) VALUES (?, ?)", (key, now)
             )
             await db.execute(
-                "INSERT OR IGNORE INTO variants VALUES (?, ?, ?, '[]', ?)",
+                "INSERT OR IGNORE INTO variants (session_key, name, base_model, edits_json, "
+                "updated_at) VALUES (?, ?, ?, '[]', ?)",
                 (key, DEFAULT_VARIANT, base_model, now),
             )
         return DEFAULT_VARIANT
 
     async def get_variant(self, key: str, name: str) -> VariantState | None:
         rows = await self._fetchall(
-            "SELECT name, base_model, edits_json FROM variants WHERE session_key = ? AND name = ?",
+            f"SELECT {_VARIANT_COLUMNS} FROM variants WHERE session_key = ? AND name = ?",
             key,
             name,
         )
@@ -138,7 +167,7 @@ class Store:
 
     async def list_variants(self, key: str) -> list[VariantState]:
         rows = await self._fetchall(
-            "SELECT name, base_model, edits_json FROM variants WHERE session_key = ? ORDER BY name",
+            f"SELECT {_VARIANT_COLUMNS} FROM variants WHERE session_key = ? ORDER BY name",
             key,
         )
         return [_variant_from_row(row) for row in rows]
@@ -149,8 +178,16 @@ class Store:
         """Insert or replace a variant and record the change in the audit log, atomically."""
         async with self._transaction() as db:
             await db.execute(
-                "INSERT OR REPLACE INTO variants VALUES (?, ?, ?, ?, ?)",
-                (key, variant.name, variant.base_model, edits_to_json(variant.edits), time.time()),
+                "INSERT OR REPLACE INTO variants (session_key, name, base_model, edits_json, "
+                "updated_at, guards_json) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    variant.name,
+                    variant.base_model,
+                    edits_to_json(variant.edits),
+                    time.time(),
+                    guards_to_json(variant.guards),
+                ),
             )
             await _audit(db, key, actor, action, {"variant": variant.name, **detail})
 
@@ -192,6 +229,10 @@ class Store:
 
     # --- audit log ---------------------------------------------------------------------------
 
+    async def count_audit_entries(self, key: str) -> int:
+        rows = await self._fetchall("SELECT COUNT(*) FROM audit_log WHERE session_key = ?", key)
+        return int(rows[0][0])
+
     async def audit_entries(self, key: str, limit: int = 50) -> list[AuditEntry]:
         """Newest first."""
         rows = await self._fetchall(
@@ -219,4 +260,9 @@ async def _audit(
 
 
 def _variant_from_row(row: aiosqlite.Row) -> VariantState:
-    return VariantState(row["name"], row["base_model"], edits_from_json(row["edits_json"]))
+    return VariantState(
+        row["name"],
+        row["base_model"],
+        edits_from_json(row["edits_json"]),
+        guards_from_json(row["guards_json"]),
+    )

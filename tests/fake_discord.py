@@ -76,6 +76,15 @@ class FakeUser:
 BOT_USER = FakeUser(APPLICATION_ID, "Ember", bot=True)
 
 
+@dataclass(frozen=True)
+class FakeAttachment:
+    """A file a user attaches to a slash command option; the fake's CDN serves its bytes."""
+
+    filename: str
+    content: bytes
+    content_type: str = "application/json"
+
+
 class FakeClock:
     """A clock tests control: `advance()` it by hand, or give it a `step` to move on every read."""
 
@@ -126,6 +135,8 @@ class FakeDiscord:
         self.calls: list[DiscordCall] = []
         self.messages: dict[int, dict[str, Any]] = {}  # current state, by message id
         self.synced_commands: dict[int | None, list[dict[str, Any]]] = {}  # by guild (None: global)
+        self.clicked_messages: dict[str, int] = {}  # component interaction token -> message id
+        self.attachments: dict[int, bytes] = {}  # what the CDN serves, by attachment id
         self._clock = clock
         self._ids = itertools.count(950_000_000_000_000_001)
         self._arrived = asyncio.Event()
@@ -149,6 +160,7 @@ class FakeDiscord:
         ]
         for method, path, handler in routes:
             app.router.add_route(method, API_PREFIX + path, handler)
+        app.router.add_get("/attachments/{id}/{filename}", self._cdn)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -190,6 +202,20 @@ class FakeDiscord:
         await self.wait_for(lambda: len(self.calls_to(method, path_pattern)) >= count)
         return self.calls_to(method, path_pattern)
 
+    def attach(self, attachment_id: int, file: FakeAttachment) -> dict[str, Any]:
+        """Serve `file` from the CDN; returns its attachment payload."""
+        self.attachments[attachment_id] = file.content
+        host = self.api_base.removesuffix(API_PREFIX)
+        url = f"{host}/attachments/{attachment_id}/{file.filename}"
+        return {
+            "id": str(attachment_id),
+            "filename": file.filename,
+            "size": len(file.content),
+            "url": url,
+            "proxy_url": url,
+            "content_type": file.content_type,
+        }
+
     # ---- plumbing
 
     @web.middleware
@@ -225,10 +251,10 @@ class FakeDiscord:
             "mentions": [],
             "mention_roles": [],
             "attachments": [],
-            "embeds": [],
+            "embeds": body.get("embeds") or [],
             "pinned": False,
             "flags": flags | (body.get("flags") or 0),
-            "components": [],
+            "components": body.get("components") or [],
         }
         self.messages[message_id] = message
         return message
@@ -239,6 +265,9 @@ class FakeDiscord:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
         if "content" in body:
             message["content"] = body["content"] or ""
+        for key in ("embeds", "components"):
+            if key in body:
+                message[key] = body[key] or []
         message["edited_timestamp"] = TIMESTAMP
         return _json(message)
 
@@ -274,6 +303,9 @@ class FakeDiscord:
             interaction["response_message_ephemeral"] = bool((data.get("flags") or 0) & EPHEMERAL)
             if kind == 4:
                 response["resource"] = {"type": 4, "message": self._message(0, data)}
+        elif kind == 7:  # a button's message updated at once
+            clicked = self.clicked_messages[request.match_info["token"]]
+            self._update(clicked, data)
         return _json(response)
 
     async def _followup(self, request: web.Request) -> web.Response:
@@ -282,7 +314,10 @@ class FakeDiscord:
     async def _edit_webhook_message(self, request: web.Request) -> web.Response:
         message = request.match_info["message"]
         if message == "@original":
-            return _json(self._message(0, request[_BODY]))
+            clicked = self.clicked_messages.get(request.match_info["token"])
+            if clicked is None:  # a deferred slash command's "thinking…" becomes the reply
+                return _json(self._message(0, request[_BODY]))
+            return self._update(clicked, request[_BODY])
         return self._update(int(message), request[_BODY])
 
     async def _create_message(self, request: web.Request) -> web.Response:
@@ -290,6 +325,12 @@ class FakeDiscord:
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         return self._update(int(request.match_info["message"]), request[_BODY])
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        content = self.attachments.get(int(request.match_info["id"]))
+        if content is None:
+            return web.Response(status=404)
+        return web.Response(body=content)
 
     async def _no_content(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -366,10 +407,12 @@ def _option(name: str, value: Any) -> dict[str, Any]:
 
 
 class FakeGateway:
-    """Feeds gateway events to a client through `client._connection.parsers`."""
+    """Feeds gateway events to a client through `client._connection.parsers`. Give it the
+    FakeDiscord to click buttons on the messages the bot sent there."""
 
-    def __init__(self, client: discord.Client) -> None:
+    def __init__(self, client: discord.Client, fake: FakeDiscord | None = None) -> None:
         self._client = client
+        self._fake = fake
         self._ids = itertools.count(960_000_000_000_000_001)
 
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
@@ -462,12 +505,32 @@ class FakeGateway:
 
     def slash(self, user: FakeUser, command: str, **options: Any) -> str:
         """Run `/command` ("variant new" for a subcommand); returns the interaction token."""
-        return self._interaction(2, user, command, options, focused=None)
+        return self._command(2, user, command, options, focused=None)
 
     def autocomplete(self, user: FakeUser, command: str, focused: str, **options: Any) -> str:
-        return self._interaction(4, user, command, options, focused=focused)
+        return self._command(4, user, command, options, focused=focused)
 
-    def _interaction(
+    def click(self, user: FakeUser, message_id: int, label: str) -> str:
+        """Click the button labelled `label` on a message the bot sent; returns the token."""
+        assert self._fake is not None, "FakeGateway(client, fake) to click"
+        message = self._fake.messages[message_id]
+        button = next(
+            (
+                component
+                for row in message["components"]
+                for component in row["components"]
+                if component.get("label") == label
+            ),
+            None,
+        )
+        assert button is not None, f"no button {label!r} on message {message_id}"
+        data = {"custom_id": button["custom_id"], "component_type": 2}
+        channel = {**message, "channel_id": str(GENERAL_CHANNEL)}  # follow-ups are stored at 0
+        token = self._interaction(3, user, data, message=channel)
+        self._fake.clicked_messages[token] = message_id
+        return token
+
+    def _command(
         self,
         kind: int,
         user: FakeUser,
@@ -475,16 +538,23 @@ class FakeGateway:
         options: dict[str, Any],
         focused: str | None,
     ) -> str:
-        interaction_id = next(self._ids)
-        token = f"interaction-token-{interaction_id}"
         values = []
+        files: dict[str, Any] = {}
         for name, value in options.items():
-            option = _option(name, value)
+            if isinstance(value, FakeAttachment):
+                assert self._fake is not None, "FakeGateway(client, fake) to attach files"
+                file_id = next(self._ids)
+                files[str(file_id)] = self._fake.attach(file_id, value)
+                option = {"name": name, "type": 11, "value": str(file_id)}
+            else:
+                option = _option(name, value)
             if name == focused:
                 option["focused"] = True
             values.append(option)
         *group, name = command.split()
         data: dict[str, Any] = {"id": str(next(self._ids)), "name": name, "type": 1}
+        if files:
+            data["resolved"] = {"attachments": files}
         if group:
             data = {
                 **data,
@@ -493,6 +563,11 @@ class FakeGateway:
             }
         else:
             data["options"] = values
+        return self._interaction(kind, user, data)
+
+    def _interaction(self, kind: int, user: FakeUser, data: dict[str, Any], **extra: Any) -> str:
+        interaction_id = next(self._ids)
+        token = f"interaction-token-{interaction_id}"
         member = user.member_payload() | {
             "user": user.payload(),
             "permissions": str(user.permissions.value),
@@ -517,6 +592,7 @@ class FakeGateway:
                 "authorizing_integration_owners": {"0": str(GUILD_ID)},
                 "context": 0,
                 "attachment_size_limit": 8 * 1024 * 1024,
+                **extra,
             },
         )
         return token

@@ -106,7 +106,8 @@ class Fault:
     shares a read), crlf (CRLF line endings), keep_alive (`: keep-alive` comments between events),
     repeat_events (every token event sent twice; clients dedupe by gf_token_index),
     die_after_tokens (drop the connection after N tokens), abort_after_tokens (after N tokens
-    report a guard event in `gf_event_names` and finish with "aborted").
+    report a guard event in `gf_event_names` and finish with "aborted"), hold_open (seconds to
+    keep the body open after `[DONE]` before ending it).
     """
 
     status: int | None = None
@@ -120,6 +121,7 @@ class Fault:
     repeat_events: bool = False
     die_after_tokens: int | None = None
     abort_after_tokens: int | None = None
+    hold_open: float = 0.0
 
 
 NO_FAULT = Fault()
@@ -549,6 +551,7 @@ class FakeEmber:
             assert request.transport is not None
             request.transport.close()
         else:
+            await asyncio.sleep(fault.hold_open)
             await response.write_eof()
         return response
 

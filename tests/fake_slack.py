@@ -1,7 +1,8 @@
 """A loopback fake of Slack (aiohttp) for the Slack adapter's tests.
 
 It serves the Web API methods the bot uses at `api_url`, response_url webhooks at
-`response_url(name)`, and the Socket Mode websocket that apps.connections.open hands out.
+`response_url(name)`, the upload URLs files.getUploadURLExternal hands out (the bytes land in
+`files`), and the Socket Mode websocket that apps.connections.open hands out.
 Every call is recorded in one ordered log (Web API calls, response_url posts and Socket Mode
 acks alike), checked like Slack checks it (texts over 4,000 bytes, block limits, tokens), and
 failures can be injected per method:
@@ -58,7 +59,7 @@ class SlackFault:
         return cls(200, error)
 
 
-CallKind = Literal["api", "response", "ack"]
+CallKind = Literal["api", "response", "ack", "upload"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SlackCall:
     seq: int
     at: float  # the fake's clock when the call arrived
     kind: CallKind
-    name: str  # Web API method, response_url name, or envelope_id
+    name: str  # Web API method, response_url name, envelope_id, or uploaded file id
     body: dict[str, Any]
     outcome: str = "ok"  # "ok", or the error the fake answered with
 
@@ -78,10 +79,34 @@ class PostedMessage:
     thread_ts: str | None
     versions: list[str] = field(default_factory=list)  # the posted text, then every update
     times: list[float] = field(default_factory=list)  # the fake's clock at each version
+    block_versions: list[list[dict[str, Any]] | None] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return self.versions[-1]
+
+    @property
+    def blocks(self) -> list[dict[str, Any]] | None:
+        return self.block_versions[-1]
+
+    def record(self, body: dict[str, Any], at: float) -> None:
+        self.versions.append(body["text"])
+        self.times.append(at)
+        blocks = body.get("blocks")
+        self.block_versions.append(json.loads(blocks) if isinstance(blocks, str) else blocks)
+
+
+@dataclass
+class UploadedFile:
+    """A file as files.getUploadURLExternal announced it, its bytes once POSTed to the upload
+    URL, and the channel files.completeUploadExternal shared it in."""
+
+    id: str
+    filename: str
+    length: int
+    content: bytes | None = None
+    title: str = ""
+    channel: str | None = None
 
 
 @dataclass
@@ -96,12 +121,14 @@ class FakeSlack:
     clock: Callable[[], float] = time.monotonic
     calls: list[SlackCall] = field(default_factory=list)
     messages: dict[str, PostedMessage] = field(default_factory=dict)  # by ts
+    files: dict[str, UploadedFile] = field(default_factory=dict)  # by id
 
     def __post_init__(self) -> None:
         self._faults: dict[str, deque[SlackFault]] = {}
         self._runner: web.AppRunner | None = None
         self._sockets: list[web.WebSocketResponse] = []
         self._ts = itertools.count(1)
+        self._file_ids = itertools.count(1)
         self._envelopes = itertools.count(1)
         self.base_url = ""
 
@@ -111,6 +138,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._web_api)
         app.router.add_post("/response/{name}", self._response_url)
+        app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -147,6 +175,10 @@ class FakeSlack:
 
     def posted(self, channel: str) -> list[PostedMessage]:
         return [m for m in self.messages.values() if m.channel == channel]
+
+    def shared_files(self, channel: str) -> list[UploadedFile]:
+        """Files uploaded and shared in `channel`, in upload order."""
+        return [f for f in self.files.values() if f.channel == channel]
 
     async def wait_for(
         self, condition: Callable[[], Any], within: float = 5.0, what: str = "condition"
@@ -242,7 +274,7 @@ class FakeSlack:
                 elif element["type"] == "button" and element["text"]["text"] == button_text:
                     clicked = {**element, "block_id": block["block_id"], "action_ts": "2.0"}
         assert clicked is not None, f"no button {button_text!r} in the blocks"
-        return {
+        payload = {
             "type": "block_actions",
             "team": {"id": self.team_id, "domain": "fake"},
             "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
@@ -255,6 +287,9 @@ class FakeSlack:
             "state": {"values": state},
             "actions": [clicked],
         }
+        if not ephemeral:  # Slack includes a public message, never an ephemeral one
+            payload["message"] = {"type": "message", "ts": "1.0", "text": "", "blocks": blocks}
+        return payload
 
     # ---- the Web API
 
@@ -298,6 +333,10 @@ class FakeSlack:
             return self._post_message(body)
         if method == "chat.update":
             return self._update_message(body)
+        if method == "files.getUploadURLExternal":
+            return self._upload_url(body)
+        if method == "files.completeUploadExternal":
+            return self._complete_upload(body)
         return _error("unknown_method")
 
     def _post_message(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -308,8 +347,7 @@ class FakeSlack:
         ts = f"{1_700_000_000 + next(self._ts)}.000100"
         message = PostedMessage(body["channel"], ts, body.get("thread_ts"))
         self.messages[ts] = message
-        message.versions.append(body["text"])
-        message.times.append(self.clock())
+        message.record(body, self.clock())
         return {"ok": True, "channel": body["channel"], "ts": ts, "message": {"text": body["text"]}}
 
     def _update_message(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -318,9 +356,41 @@ class FakeSlack:
             return _error("message_not_found")
         if problem := message_problem(body):
             return _error(problem)
-        message.versions.append(body["text"])
-        message.times.append(self.clock())
+        message.record(body, self.clock())
         return {"ok": True, "channel": message.channel, "ts": message.ts, "text": body["text"]}
+
+    # ---- file uploads: announce, POST the bytes, complete
+
+    def _upload_url(self, body: dict[str, Any]) -> dict[str, Any]:
+        filename, length = body.get("filename"), str(body.get("length", ""))
+        if not filename or not length.isdigit():
+            return _error("invalid_arguments")
+        file_id = f"F{next(self._file_ids):04}"
+        self.files[file_id] = UploadedFile(file_id, filename, int(length))
+        return {"ok": True, "upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        content = await request.read()
+        self._record("upload", file_id, {"bytes": len(content)})
+        upload = self.files.get(file_id)
+        if upload is None or upload.length != len(content):
+            return web.Response(status=400, text="length does not match")
+        upload.content = content
+        return web.Response(text=f"OK - {len(content)}")
+
+    def _complete_upload(self, body: dict[str, Any]) -> dict[str, Any]:
+        announced = json.loads(body.get("files") or "[]")
+        uploads = [self.files.get(str(f.get("id"))) for f in announced]
+        if not uploads or any(u is None or u.content is None for u in uploads):
+            return _error("file_not_found")
+        shared = []
+        for upload, item in zip(uploads, announced, strict=True):
+            assert upload is not None
+            upload.title = item.get("title") or upload.filename
+            upload.channel = body.get("channel_id")
+            shared.append({"id": upload.id, "name": upload.filename, "title": upload.title})
+        return {"ok": True, "files": shared}
 
     # ---- response_url
 

@@ -19,7 +19,7 @@ from discord.http import Route
 
 from adapters.discord_adapter import EmberDiscordBot
 from bot.app import open_context
-from bot.commands import CommandContext
+from bot.commands import Command, CommandContext
 from bot.service import Actor, SessionKey
 from bot.settings import Settings
 from tests.fake_discord import (
@@ -82,18 +82,23 @@ async def start_bot(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[StartBot]:
-    """Start the bot with some settings changed; it logs in and receives READY + GUILD_CREATE."""
+    """Start the bot with some settings changed (and commands added); it logs in and receives
+    READY + GUILD_CREATE."""
     monkeypatch.setattr(Route, "BASE", fake_discord.api_base)
     async with AsyncExitStack() as stack:
 
-        async def start(**setting_overrides: Any) -> Harness:
+        async def start(
+            *, extra_commands: tuple[Command, ...] = (), **setting_overrides: Any
+        ) -> Harness:
             ctx = await stack.enter_async_context(
                 open_context(settings.model_copy(update=setting_overrides))
             )
+            for command in extra_commands:
+                ctx.registry.add(command)
             bot = EmberDiscordBot(ctx, clock=clock, guild_ready_timeout=0.01)
             await stack.enter_async_context(bot)
             await bot.start_up(TOKEN)
-            gateway = FakeGateway(bot)
+            gateway = FakeGateway(bot, fake_discord)
             gateway.connect()
             return Harness(bot, gateway, fake_discord, fake_ember, clock, ctx)
 

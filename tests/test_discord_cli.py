@@ -33,9 +33,16 @@ async def run_main(*argv: str) -> int:
 
 async def test_sync_registers_commands_generated_from_the_registry(fake_discord, capsys):
     assert await run_main("sync", "--guild", str(GUILD_ID)) == 0
-    assert capsys.readouterr().out == f"Synced 6 commands to guild {GUILD_ID}.\n"
+    assert capsys.readouterr().out == f"Synced 10 commands to guild {GUILD_ID}.\n"
     commands = {c["name"]: c for c in fake_discord.synced_commands[GUILD_ID]}
-    assert list(commands) == ["steer", "features", "inspect", "reset", "variant", "help"]
+    assert list(commands) == [
+        "steer",
+        "features",
+        "reset",
+        "variant",
+        *("inspect", "compare", "autosteer", "guard", "history"),
+        "help",
+    ]
 
     feature, value = commands["steer"]["options"]
     assert (feature["name"], feature["type"], feature["required"]) == ("feature", 3, True)
@@ -45,12 +52,16 @@ async def test_sync_registers_commands_generated_from_the_registry(fake_discord,
     manage_messages = discord.Permissions(manage_messages=True).value
     assert int(commands["steer"]["default_member_permissions"]) == manage_messages
 
-    variant_subcommands = [o["name"] for o in commands["variant"]["options"]]
-    assert variant_subcommands == ["new", "use", "list", "delete", "export", "import"]
+    variant = {o["name"]: o for o in commands["variant"]["options"]}
+    assert list(variant) == ["new", "use", "list", "delete", "export", "import"]
+    name, pasted, file = variant["import"]["options"]
+    assert (name["required"], pasted["type"], file["type"]) == (True, 3, 11)  # 11: attachment
     (what,) = commands["reset"]["options"]
     assert [c["value"] for c in what["choices"]] == ["steering", "history", "all"]
-    (top,) = commands["inspect"]["options"]
+    top, chart, feature = commands["inspect"]["options"]
     assert (top["type"], top["min_value"], top["max_value"]) == (4, 1, 50)
+    assert [c["value"] for c in chart["choices"]] == ["yes", "no"]
+    assert feature["autocomplete"] is True
 
 
 async def test_sync_without_guild_registers_globally(fake_discord, capsys):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import discord
 
 from adapters.discord_adapter import bot_intents
-from adapters.discord_render import discord_length, render_reply, truncate
+from adapters.discord_render import (
+    EMBEDS_TOTAL,
+    column_embeds,
+    discord_length,
+    render_reply,
+    truncate,
+)
+from adapters.streaming import CUT_NOTE, Column
 from bot.replies import Reply, Table, TableRow
 from bot.settings import Settings
 
@@ -38,3 +45,18 @@ def test_intents_exclude_message_content_unless_listen_channels_are_set():
     )
     listening = settings.model_copy(update={"discord_listen_channel_ids": "123"})
     assert bot_intents(listening).message_content
+
+
+def test_long_columns_are_cut_with_a_note_to_fit_one_messages_embeds():
+    long_title = "steered: " + "pirate speech +0.5, " * 20
+    columns = [
+        Column("base", "🙂 word " * 2000, writing=True),
+        Column(long_title, "line\n" * 2000, note="⚠ Generation stopped", writing=False),
+    ]
+    base, steered = column_embeds(columns)
+    assert sum(len(embed) for embed in (base, steered)) <= EMBEDS_TOTAL
+    assert base.description.endswith(f"\n{CUT_NOTE} ▌")
+    assert steered.description.endswith(f"\n{CUT_NOTE}\n\n⚠ Generation stopped")
+    assert len(steered.title) <= 100 and base.colour != steered.colour
+    assert column_embeds([Column("base")])[0].description == "… ▌"
+    assert column_embeds([Column("base", writing=False)])[0].description == "(no reply)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -242,6 +243,16 @@ async def test_stream_that_dies_halfway_keeps_the_partial_text(
     assert len(fake_ember.requests_to("/chat/completions")) == 1  # never posted twice
 
 
+async def test_a_server_holding_the_body_open_after_done_does_not_hold_the_reply(
+    fake_ember: FakeEmber, gateway: EmberGateway
+) -> None:
+    fake_ember.fail_next("/chat/completions", Fault(hold_open=600))
+    reply = await asyncio.wait_for(collect(gateway, []), 30)  # a hang guard, not a speed test
+    assert reply == "You said: hello there"
+    assert await collect(gateway, []) == "You said: hello there"  # on a fresh connection
+    assert fake_ember.connection_count == 2
+
+
 @pytest.mark.parametrize(
     "fault", [Fault(status=503), Fault(die_after_tokens=0), Fault(status=429, retry_after=0.05)]
 )
@@ -431,7 +442,9 @@ async def test_every_call_shares_one_pooled_connection(
         await gateway.search_features("cats")
     await gateway.inspect([ChatMessage("user", "cat")], [])
     await collect(gateway, [])
-    assert len(fake_ember.requests) == 14  # models + 10 searches + inspect (2) + chat
+    await collect(gateway, [])  # a finished stream hands its connection back to the pool
+    await gateway.search_features("cats")
+    assert len(fake_ember.requests) == 16  # models + 11 searches + inspect (2) + 2 chats
     assert fake_ember.connection_count == 1
 
 

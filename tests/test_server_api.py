@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import json
 import re
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator

@@ -58,6 +58,7 @@ def test_checked_in_manifest_matches_the_registry():
         "app_mentions:read",
         "chat:write",
         "commands",
+        "files:write",
         "im:history",
         "usergroups:read",
     } <= scopes

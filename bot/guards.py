@@ -1,0 +1,80 @@
+"""Guards: a channel's active variant stops generating once a feature fires above a threshold.
+
+A guard is stored on the variant (so it follows /variant use and copies) and sent with every
+chat request as an abort scope (see `bot.ember.guard_scope`); the reply then ends with
+GenerationAbortedError naming the guard. Exports carry edits only: the SDK's `Variant.json()`
+does not round-trip conditional scopes (ember-api.md §3.8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from bot.errors import UserInputError
+from bot.models import Guard, VariantState, named_feature
+
+if TYPE_CHECKING:
+    from bot.service import Actor, EmberService, SessionKey
+    from storage.store import Store
+
+MAX_THRESHOLD = 1_000_000.0
+
+
+class Guards:
+    def __init__(self, store: Store, service: EmberService, max_guards: int) -> None:
+        self._store = store
+        self._service = service
+        self._max_guards = max_guards
+
+    async def set(self, session: SessionKey, query: str, threshold: float, actor: Actor) -> Guard:
+        """Guard the active variant on the feature `query` names (replacing its old guard)."""
+        if not math.isfinite(threshold) or not 0 <= threshold <= MAX_THRESHOLD:
+            raise UserInputError(
+                f"A guard threshold must be between 0 and {MAX_THRESHOLD:g}, got {threshold:g}."
+            )
+        variant = await self._service.active_variant(session)
+        guard = Guard(await self._service.resolve_feature(query), float(threshold))
+        guards = {**variant.guards, guard.feature.index_in_sae: guard}
+        if len(guards) > self._max_guards:
+            raise UserInputError(
+                f"A variant can have at most {self._max_guards} guards; this would make "
+                f"{len(guards)}."
+            )
+        detail = {
+            "feature": guard.feature.index_in_sae,
+            "label": guard.feature.label,
+            "threshold": guard.threshold,
+        }
+        await self._save(session, replace(variant, guards=guards), actor, "guard.set", detail)
+        return guard
+
+    async def clear(self, session: SessionKey, query: str | None, actor: Actor) -> list[Guard]:
+        """Remove the guard on the feature `query` names, or every guard; returns those removed."""
+        variant = await self._service.active_variant(session)
+        if not variant.guards:
+            raise UserInputError(f'Variant "{variant.name}" has no guards.')
+        removed = variant.sorted_guards()
+        if query:
+            guarded = [g.feature for g in removed]
+            feature = named_feature(guarded, query) or await self._service.resolve_feature(query)
+            if feature.index_in_sae not in variant.guards:
+                raise UserInputError(f'There is no guard on "{feature.label}" to clear.')
+            removed = [variant.guards[feature.index_in_sae]]
+        kept = {i: g for i, g in variant.guards.items() if g not in removed}
+        detail = {"features": [g.feature.label for g in removed]}
+        await self._save(session, replace(variant, guards=kept), actor, "guard.clear", detail)
+        return removed
+
+    async def _save(
+        self,
+        session: SessionKey,
+        variant: VariantState,
+        actor: Actor,
+        action: str,
+        detail: dict[str, Any],
+    ) -> None:
+        await self._store.save_variant(
+            str(session), variant, actor=str(actor), action=action, detail=detail
+        )

@@ -1,0 +1,107 @@
+"""Several generations' KV caches as one left-padded batch, so one forward pass decodes them all.
+
+Each row holds one generation's keys and values, right-aligned: a shorter history is padded on
+the left and the attention mask hides the padding. Position ids count each row's own tokens, so
+a row's rotary positions do not depend on its neighbours, and a row's distance to any earlier
+token is the same in the batch as alone (sliding-window masks stay right). Rows join with the
+cache of their own prefill and leave when their generation ends; padding columns that every
+remaining row has are trimmed away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+import torch
+from transformers import DynamicCache
+
+Row = TypeVar("Row")
+
+
+def row_cache() -> DynamicCache:
+    """An empty cache for one row's prefill. Plain full-attention layers (no config: sliding
+    layers would drop tokens), so that rows of any length can join a batch."""
+    return DynamicCache()
+
+
+class PaddedBatch(Generic[Row]):
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every row."""
+        self.rows: list[Row] = []
+        self.cache = row_cache()
+        self._mask = torch.ones(0, 0, dtype=torch.bool, device=self.device)  # True at real tokens
+        self._lengths = torch.zeros(0, dtype=torch.long, device=self.device)  # tokens per row
+        self._padded = False
+
+    def join(self, row: Row, cache: DynamicCache) -> None:
+        """Add `row`, whose own cache (a batch of one, no padding) holds its history."""
+        length = cache.get_seq_length()
+        mask = torch.ones(1, length, dtype=torch.bool, device=self.device)
+        if not self.rows:
+            self.cache, self._mask = cache, mask
+        else:
+            width = max(self._mask.shape[1], length)
+            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = _stack_right_aligned(mine.keys, theirs.keys, width, dim=-2)
+                mine.values = _stack_right_aligned(mine.values, theirs.values, width, dim=-2)
+            self._mask = _stack_right_aligned(self._mask, mask, width, dim=-1)
+        self._lengths = torch.cat([self._lengths, self._lengths.new_tensor([length])])
+        self.rows.append(row)
+        self._padded = not bool(self._mask.all())
+
+    def keep(self, rows: Sequence[Row]) -> None:
+        """Keep only `rows` (the generations still decoding), in that order."""
+        if list(rows) == self.rows:
+            return
+        if not rows:
+            self.clear()
+            return
+        index = torch.tensor([self.rows.index(row) for row in rows], device=self.device)
+        mask = self._mask[index]
+        first = int(mask.any(dim=0).to(torch.int8).argmax())  # the first column still in use
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, first:]
+            layer.values = layer.values[index, :, first:]
+        self._mask = mask[:, first:]
+        self._lengths = self._lengths[index]
+        self.rows = list(rows)
+        self._padded = not bool(self._mask.all())
+
+    def inputs(self, tokens: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Model inputs for one new token per row (in row order), the cache aside."""
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
+        if not self._padded:  # the model's own mask and positions are exactly right
+            return {"input_ids": ids}
+        mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask.long(),
+            "position_ids": self._lengths.unsqueeze(1),
+        }
+
+    def advance(self) -> None:
+        """Record the token every row just added to the cache."""
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
+        self._lengths = self._lengths + 1
+
+
+def _stack_right_aligned(
+    upper: torch.Tensor, lower: torch.Tensor, width: int, *, dim: int
+) -> torch.Tensor:
+    """`upper` above `lower` (batch dimension 0), each left-padded with zeros to `width` along
+    `dim`."""
+    return torch.cat([_pad_left(upper, width, dim), _pad_left(lower, width, dim)])
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
