@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TextIO
 
 from bot.commands import CommandContext, Invocation, run_text_command
 from bot.confirmations import answer
-from bot.errors import EmberBotError
+from bot.errors import UNEXPECTED_ERROR, EmberBotError
 from bot.handlers import steering_footer
 from bot.ratelimit import queued_message
 from bot.render import render_reply_text
@@ -26,6 +27,7 @@ from bot.replies import Attachment, Confirmation, Reply, StreamedColumns
 from bot.service import Actor, SessionKey
 
 PROMPT = "you> "
+log = logging.getLogger(__name__)
 
 
 class ConsoleChat:
@@ -121,6 +123,9 @@ class ConsoleChat:
                 self._write(f"\n  — {steering_footer(result.variant)}\n")
         except EmberBotError as error:
             self._write(f"\nerror: {error.user_message}\n")
+        except Exception:
+            log.exception("chat turn failed in %s", self._session)
+            self._write(f"\nerror: {UNEXPECTED_ERROR}\n")
 
     def _write(self, text: str) -> None:
         self._out.write(text)

@@ -21,7 +21,7 @@ from adapters.discord_access import actor_for, session_key
 from adapters.discord_render import DISCORD_LIMITS, NO_PINGS
 from adapters.streaming import StreamingMessage, ended_early_note
 from bot.commands import CommandContext
-from bot.errors import UserInputError
+from bot.errors import UNEXPECTED_ERROR, UserInputError
 from bot.handlers import steering_footer
 from bot.lifecycle import ShuttingDownError
 from bot.ratelimit import queued_message
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 CHAT_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
-FAILURE_NOTE = "⚠ Something went wrong on our side; it has been logged."
+FAILURE_NOTE = f"⚠ {UNEXPECTED_ERROR}"
 
 
 def is_addressed_to_bot(

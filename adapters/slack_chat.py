@@ -28,7 +28,7 @@ from adapters.streaming import (
     utf8_length,
 )
 from bot.commands import CommandContext
-from bot.errors import UserInputError
+from bot.errors import UNEXPECTED_ERROR, UserInputError
 from bot.handlers import steering_footer
 from bot.lifecycle import ShuttingDownError
 from bot.service import Actor, SessionKey
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "slack"
 MESSAGE_BYTES = 3_500  # our rollover point; Slack rejects updates above about 4,000 bytes
 TOO_LONG_NOTE = "\n… (cut: Slack found this message too long)"
-FAILED_NOTE = "⚠️ Something went wrong on our side; it has been logged."
+FAILED_NOTE = f"⚠️ {UNEXPECTED_ERROR}"
 # Bot output is plain text: no @name linking, no link previews.
 NO_LINKING: dict[str, Any] = {"parse": "none", "link_names": False}
 

@@ -130,7 +130,8 @@ class SlackCommands:
         assert steer is not None, "the registry always has /steer"
         try:
             choice = json.loads(action["value"])
-            feature = selected_feature(body.get("state") or {}) or int(choice["feature"])
+            selected = selected_feature(body.get("state") or {})
+            feature = int(choice["feature"]) if selected is None else selected
             args = coerce_options(steer, {"feature": f"#{feature}", "value": choice["value"]})
         except (KeyError, TypeError, ValueError):
             return error_reply(STALE_PICKER)

@@ -80,6 +80,8 @@ class StreamingMessage:
         """Final edit: the whole text, then the note and footer, with no writing marker."""
         tail = "\n".join(part for part in (note, footer) if part)
         if tail and self._too_long(self._text + "\n\n" + tail):
+            if self._text:  # settle this message before the note goes into the next one
+                await self._show(self._text, force=True)
             await self._start_new_message()
         body = self._text or ("" if tail else "(no reply)")
         final = f"{body}\n\n{tail}" if body and tail else body or tail

@@ -143,27 +143,38 @@ def _configured_platforms(
 
 
 def _console(settings: Settings, session: str, preset: str | None) -> int:
+    if preset is None and not settings.has_backend:
+        print(NO_BACKEND_HELP, file=sys.stderr)
+        return 2
+    if preset is not None:
+        try:
+            from server.cli import start_background_server
+        except ImportError:
+            print(SERVER_EXTRA_HELP, file=sys.stderr)
+            return 2
+    from bot.logs import configure_logging
+
+    if "log_level" not in settings.model_fields_set:  # keep the terminal for the conversation
+        settings = settings.model_copy(update={"log_level": "WARNING"})
+    logging_setup = configure_logging(settings)
+    try:
+        if preset is None:
+            asyncio.run(_chat_in_terminal(settings, session))
+        else:
+            with start_background_server(preset) as server:
+                local = {"goodfire_base_url": server.base_url, "ember_model": None}
+                asyncio.run(_chat_in_terminal(settings.model_copy(update=local), session))
+    except KeyboardInterrupt:  # Ctrl-C ends the chat; nothing is half-written to the database
+        print(file=sys.stderr)
+        return 130
+    finally:
+        logging_setup.close()
+    return 0
+
+
+async def _chat_in_terminal(settings: Settings, session: str) -> None:
     from adapters.console import run_console
     from bot.app import open_context
 
-    async def chat(settings: Settings) -> None:
-        async with open_context(settings) as ctx:
-            await run_console(ctx, session)
-
-    if preset is None:
-        if not settings.has_backend:
-            print(NO_BACKEND_HELP, file=sys.stderr)
-            return 2
-        asyncio.run(chat(settings))
-        return 0
-    try:
-        from server.cli import start_background_server
-    except ImportError:
-        print(SERVER_EXTRA_HELP, file=sys.stderr)
-        return 2
-    with start_background_server(preset) as server:
-        local = settings.model_copy(
-            update={"goodfire_base_url": server.base_url, "ember_model": None}
-        )
-        asyncio.run(chat(local))
-    return 0
+    async with open_context(settings) as ctx:
+        await run_console(ctx, session)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
-from bot.errors import EmberBotError, UserInputError
+from bot.errors import UNEXPECTED_ERROR, EmberBotError, UserInputError
 from bot.logs import log_context
 from bot.replies import Reply, error_reply
 from bot.service import clean_text
@@ -249,14 +249,17 @@ async def run_command(ctx: CommandContext, command: Command, invocation: Invocat
             if command.permission is Permission.STEER:
                 service.admit_steering(invocation.session, invocation.actor)
             async with service.lifecycle.track(), service.lifecycle.interruptible():
-                return await command.handler(ctx, invocation)
+                if command.permission is not Permission.STEER:
+                    return await command.handler(ctx, invocation)
+                async with service.changing_state(invocation.session):
+                    return await command.handler(ctx, invocation)
         except EmberBotError as error:
             service.metrics.error(error)
             return error_reply(error.user_message)
         except Exception as error:
             service.metrics.error(error)
             log.exception("command /%s failed in %s", command.name, invocation.session)
-            return error_reply("Something went wrong on our side; it has been logged.")
+            return error_reply(UNEXPECTED_ERROR)
 
 
 async def run_text_command(

@@ -495,12 +495,10 @@ class EmberGateway:
         self._model = model
         self._model_lock = asyncio.Lock()
         self._owns_http = http is None
-        # Idle connections are kept (for httpx's 5 s keep-alive) up to the pool size, so a burst
-        # of replies ending together does not cost the next burst new connections.
+        # Few idle connections: httpcore 1.0's pool scans every connection for each idle one on
+        # every request (quadratic), which costs more than reconnecting once hundreds are idle.
         self._http = http or httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            )
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
         )
         self._pooled = PooledHTTP(self._http, retry)
         self._sdk = goodfire.AsyncClient(api_key, base_url=base_url.rstrip("/"))

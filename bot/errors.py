@@ -5,6 +5,8 @@ Every error carries `user_message`: a short, specific, actionable line safe to s
 
 from __future__ import annotations
 
+UNEXPECTED_ERROR = "Something went wrong on our side; it has been logged."
+
 
 class EmberBotError(Exception):
     """Base class. `str(error)` is the user-facing message."""
@@ -69,3 +71,10 @@ class GenerationAbortedError(BackendError):
 class BackendTimeoutError(BackendError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"The model backend did not answer within {seconds:g} s. Try again.")
+
+
+class DeliveryFailedError(EmberBotError):
+    """The chat platform failed to show part of a reply; generation stopped there."""
+
+    def __init__(self) -> None:
+        super().__init__("The chat platform failed to show the rest of this reply; it stops here.")

@@ -67,11 +67,11 @@ def edits_summary(variant: VariantState) -> str:
 
 def parse_steer_text(command: Command, text: str) -> dict[str, Any]:
     """`/steer <feature words> <value>`, or a batch `/steer a=0.5 "b c"=-0.3`."""
-    words = split_words(text)
+    if "=" in text:  # quotes matter only in a batch: `"formal writing"=-0.3`
+        return coerce_options(command, {"feature": text.strip()})
+    words = text.split()  # so "children's books 0.5" needs no quoting
     if not words:
         raise UserInputError(f"Say what to steer, e.g. {STEER_EXAMPLES[0]}")
-    if any("=" in word for word in words):
-        return coerce_options(command, {"feature": text.strip()})
     if len(words) == 1:
         return coerce_options(command, {"feature": words[0]})
     *query, value = words
@@ -211,8 +211,8 @@ async def variant_import(ctx: CommandContext, inv: Invocation) -> Reply:
 
 
 async def help_command(ctx: CommandContext, inv: Invocation) -> Reply:
-    wanted = (inv.args["command"] or "").strip().lstrip("/").lower()
-    commands = [c for c in ctx.registry if not wanted or c.path[0] == wanted]
+    wanted = " ".join((inv.args["command"] or "").lstrip("/").lower().split())
+    commands = [c for c in ctx.registry if not wanted or wanted in (c.path[0], c.name)]
     if not commands:
         raise UserInputError(f"No command /{wanted}. Type /help for the list.")
     lines = ["Chat: mention the bot or message it. Commands:"] if not wanted else []
@@ -333,7 +333,14 @@ def build_registry() -> Registry:
             ("help",),
             "How to use the bot",
             help_command,
-            (Arg("command", "Command to explain", required=False),),
+            (
+                Arg(
+                    "command",
+                    "Command to explain, e.g. steer or variant new",
+                    required=False,
+                    rest=True,
+                ),
+            ),
         ),
     ):
         registry.add(command)

@@ -11,13 +11,14 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.conversation import build_messages
-from bot.errors import EmberBotError, UserInputError
+from bot.errors import DeliveryFailedError, EmberBotError, UserInputError
 from bot.guards import Guards
+from bot.keyed_locks import KeyedLocks
 from bot.lifecycle import Lifecycle
 from bot.logs import log_context
 from bot.metrics import Metrics, TurnTimer
@@ -29,7 +30,6 @@ from bot.models import (
     SamplingOptions,
     TokenActivation,
     VariantState,
-    named_feature,
 )
 from bot.ratelimit import BackendSlots, QueueCallback, Rate, RateLimiter
 from bot.settings import Settings
@@ -145,7 +145,8 @@ class EmberService:
         self._store = store
         self._gateway = gateway
         self._settings = settings
-        self._turn_locks: dict[str, asyncio.Lock] = {}
+        self._turn_locks = KeyedLocks()  # one chat turn at a time per channel
+        self._state_locks = KeyedLocks()  # one change of steering or variants at a time
         self.lifecycle = Lifecycle()
         self.metrics = metrics or Metrics()
         s = settings
@@ -162,6 +163,11 @@ class EmberService:
         self._slots = BackendSlots(s.backend_max_concurrency, s.backend_max_queue)
         self.metrics.watch_slots(self._slots)
         self.guards = Guards(store, self, s.max_edits_per_variant)
+
+    def changing_state(self, session: SessionKey) -> AbstractAsyncContextManager[None]:
+        """Hold while reading, changing and saving a channel's variants, so that two changes
+        at once cannot both be confirmed while one of them is lost."""
+        return self._state_locks.hold(str(session))
 
     def admit_steering(self, session: SessionKey, actor: Actor) -> None:
         """Count one steering command against the rate limits, or raise SlowDownError."""
@@ -359,21 +365,6 @@ class EmberService:
         edits = [replace(e, value=max(-1.0, min(1.0, e.value))) for e in proposed if e.value]
         return edits[: self._settings.max_edits_per_variant]
 
-    async def clear_feature(self, session: SessionKey, query: str, actor: Actor) -> FeatureRef:
-        variant = await self.active_variant(session)
-        feature = self._find_edited(variant, query) or await self.resolve_feature(query)
-        if feature.index_in_sae not in variant.edits:
-            raise UserInputError(f'"{feature.label}" is not steered in variant "{variant.name}".')
-        edits = {i: e for i, e in variant.edits.items() if i != feature.index_in_sae}
-        await self._store.save_variant(
-            str(session),
-            replace(variant, edits=edits),
-            actor=str(actor),
-            action="steer.clear",
-            detail={"feature": feature.index_in_sae, "label": feature.label},
-        )
-        return feature
-
     async def reset(self, session: SessionKey, scope: str, actor: Actor) -> str:
         """Reset steering, history or all; returns a one-line summary of what changed."""
         if scope not in RESET_SCOPES:
@@ -409,10 +400,6 @@ class EmberService:
                 f"A variant can steer at most {limit} features; this would make {count}."
             )
 
-    @staticmethod
-    def _find_edited(variant: VariantState, query: str) -> FeatureRef | None:
-        return named_feature([e.feature for e in variant.edits.values()], query)
-
     async def audit_log(self, session: SessionKey, limit: int = 20) -> list[AuditEntry]:
         return await self._store.audit_entries(str(session), limit)
 
@@ -445,10 +432,8 @@ class EmberService:
             try:
                 text = self._validate_message(text)
                 self._chat_limits.admit(author.user_id, str(session))
-                async with self.lifecycle.track():
-                    lock = self._turn_locks.setdefault(str(session), asyncio.Lock())
-                    async with lock:
-                        return await self._run_turn(session, author, text, on_delta, on_queued)
+                async with self.lifecycle.track(), self._turn_locks.hold(str(session)):
+                    return await self._run_turn(session, author, text, on_delta, on_queued)
             except UserInputError as error:
                 self.metrics.turn_refused(error)
                 raise
@@ -473,11 +458,11 @@ class EmberService:
         on_queued: QueueCallback | None,
     ) -> ChatResult:
         timer = self.metrics.start_turn()
-        variant = await self.active_variant(session)
         key = str(session)
         async with self.lifecycle.interruptible():
             await self._slots.acquire(on_queued)
         try:
+            variant = await self.active_variant(session)  # after queueing: the latest steering
             await self._store.append_message(key, "user", text, author.display_name)
             history = await self._store.recent_messages(key, self._settings.history_max_messages)
             messages = self._request_messages(history)
@@ -519,10 +504,23 @@ class EmberService:
                         parts.append(delta)
                         if timer is not None:
                             timer.first_token()
-                        await on_delta(delta)
+                        if not await self._delivered(on_delta, delta):
+                            return "".join(parts), DeliveryFailedError()
         except EmberBotError as error:
             return "".join(parts), error
         return "".join(parts), None
+
+    @staticmethod
+    async def _delivered(on_delta: Callable[[str], Awaitable[None]], delta: str) -> bool:
+        """Hand a delta to the platform; False (logged) if the platform failed to take it."""
+        try:
+            await on_delta(delta)
+        except EmberBotError:
+            raise
+        except Exception:  # the platform's own error: keep the text, stop generating
+            log.warning("could not deliver part of a reply", exc_info=True)
+            return False
+        return True
 
     async def inspect(
         self, session: SessionKey, top_k: int | None = None

@@ -121,13 +121,15 @@ class Store:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
+                await asyncio.shield(self._db.commit())
             except BaseException:
-                await self._db.rollback()
+                # aiosqlite runs calls in order, so this lands after a BEGIN or COMMIT that a
+                # cancellation interrupted; shielded, it is queued even if cancelled again.
+                await asyncio.shield(self._db.rollback())
                 raise
-            await self._db.commit()
 
     async def _fetchall(self, sql: str, *params: Any) -> list[aiosqlite.Row]:
         # One trip to aiosqlite's thread, not three (execute, fetchall, close): every trip wakes

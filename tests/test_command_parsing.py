@@ -42,7 +42,6 @@ def test_steer_batch_keeps_quoted_labels():
         ("/steer pirate nan", "Value must be a finite number, got 'nan'."),
         ("/steer pirate 1e309", "Value must be a finite number, got '1e309'."),
         ("/steer", "Say what to steer, e.g. /steer pirate 0.5"),
-        ("/steer 'unbalanced 0.5", "Could not read the arguments: No closing quotation."),
         ("/frobnicate", "Unknown command /frobnicate. Type /help for the list."),
         ("/variant rename a b", "/variant needs one of: new, use, list, delete, export, import."),
         ("/reset everything", "what must be one of steering, history, all; got 'everything'."),
@@ -84,6 +83,8 @@ def test_batch_rejects_pairs_without_value_or_name():
         parse_batch("=0.5")
     with pytest.raises(UserInputError, match="between -1 and 1"):
         parse_batch("pirate=2")
+    with pytest.raises(UserInputError, match="Could not read the arguments: No closing quotation"):
+        parse_batch("'pirate=0.5")
 
 
 def test_history_respects_message_and_char_budgets_and_alternation():
@@ -111,3 +112,8 @@ def test_table_bars_scale_to_largest_value_and_truncate():
     rows = [TableRow(f"feature {i}", 1.0 / (i + 1)) for i in range(30)]
     text = render_table(Table("Top", rows), max_rows=5)
     assert text.splitlines()[1].startswith("feature 0") and "… and 25 more" in text
+
+
+def test_steer_words_may_contain_apostrophes_and_quotes_only_matter_in_batches():
+    assert parse("/steer children's books 0.5")[1] == {"feature": "children's books", "value": 0.5}
+    assert parse("/help variant new") == ("help", {"command": "variant new"})

@@ -10,7 +10,7 @@ import goodfire
 import pytest
 
 from bot.commands import CommandContext, run_text_command
-from bot.errors import BackendUnavailableError, UserInputError
+from bot.errors import BackendUnavailableError, DeliveryFailedError, UserInputError
 from bot.service import Actor, SessionKey
 from tests.fake_ember import Fault
 
@@ -189,3 +189,49 @@ async def test_steer_permission_is_enforced_in_code(ctx, session):
     reply = await run_text_command(ctx, "/steer pirate 0.5", session, bob, can_steer=False)
     assert reply.is_error and "permission" in reply.text
     assert (await ctx.service.active_variant(session)).edits == {}
+
+
+async def test_concurrent_steering_in_one_channel_keeps_every_confirmed_change(ctx, session, alice):
+    bob = Actor("u2", "Bob")
+    replies = await asyncio.gather(
+        run_text_command(ctx, "/steer pirate 0.5", session, alice),
+        run_text_command(ctx, "/steer formal 0.3", session, bob),
+        run_text_command(ctx, "/steer cats -0.2", session, alice),
+    )
+    assert not any(reply.is_error for reply in replies)
+    edits = (await ctx.service.active_variant(session)).edits
+    assert {i: e.value for i, e in edits.items()} == {1201: 0.5, 2048: 0.3, 3001: -0.2}
+
+
+async def test_channel_locks_are_forgotten_when_idle():
+    from bot.keyed_locks import KeyedLocks
+
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with locks.hold("channel"):
+            order.append(f"{name} in")
+            await asyncio.sleep(0.01)
+            order.append(f"{name} out")
+
+    await asyncio.gather(hold("a"), hold("b"))
+    assert order == ["a in", "a out", "b in", "b out"] and len(locks) == 0
+
+
+async def test_platform_failing_mid_reply_ends_the_turn_and_keeps_what_was_shown(
+    ctx, fake_ember, session, alice
+):
+    fake_ember.reply_text = "one two three four five six"
+    shown: list[str] = []
+
+    async def flaky_platform(delta: str) -> None:
+        if len(shown) == 2:
+            raise ConnectionError("platform API down")
+        shown.append(delta)
+
+    result = await ctx.service.chat(session, alice, "count", flaky_platform)
+    assert isinstance(result.error, DeliveryFailedError)
+    assert result.text.startswith("".join(shown)) and result.text != fake_ember.reply_text
+    history = await ctx.service._store.recent_messages(str(session), 10)
+    assert [m.role for m in history] == ["user", "assistant"]

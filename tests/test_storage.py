@@ -1,5 +1,7 @@
 """SQLite storage: migrations, variants, history, audit log, persistence across reopen."""
 
+import asyncio
+import contextlib
 import sqlite3
 
 import pytest
@@ -60,5 +62,23 @@ async def test_failed_write_rolls_back_audit_entry_too(tmp_path):
         await store.save_variant("missing", variant, actor="a", action="steer", detail={})
     assert await store.audit_entries("missing") == []
     await store.ensure_session("missing", "m")  # the connection is still usable afterwards
+    assert await store.integrity_ok()
+    await store.close()
+
+
+async def test_cancelled_write_leaves_the_connection_usable(tmp_path):
+    store = await Store.open(tmp_path / "bot.db")
+    await store.ensure_session("s", "m")
+    variant = VariantState("default", "m", {7: FeatureEdit(PIRATE, 0.5)})
+    for _ in range(20):  # cancel at different points of BEGIN / INSERT / COMMIT
+        task = asyncio.create_task(
+            store.save_variant("s", variant, actor="a", action="steer", detail={})
+        )
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await store.save_variant("s", variant, actor="a", action="steer", detail={})
+    assert (await store.get_variant("s", "default")).edits == variant.edits
     assert await store.integrity_ok()
     await store.close()

@@ -75,3 +75,15 @@ async def test_finish_with_no_text_says_so():
 def test_balance_fences_only_when_open():
     assert balance_fences("a ``` b ```", "c") == ("a ``` b ```", "c")
     assert balance_fences("```js\nx", "y") == ("```js\nx\n```", "```js\ny")
+
+
+async def test_note_that_no_longer_fits_goes_to_a_new_message_after_settling_the_text():
+    sink, stream = make(max_length=100)
+    await stream.start()
+    sink.now = 5.0
+    await stream.push("a" * 50)
+    sink.now = 5.5  # within the edit interval: the platform still shows the first 50
+    await stream.push("b" * 40)
+    await stream.finish(note="⚠ cut short", footer="variant default · " + "x" * 20)
+    assert sink.messages[0] == "a" * 50 + "b" * 40
+    assert sink.messages[1] == "⚠ cut short\nvariant default · " + "x" * 20
