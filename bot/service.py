@@ -16,7 +16,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bot.conversation import build_messages
-from bot.errors import DeliveryFailedError, EmberBotError, UserInputError
+from bot.errors import (
+    DeliveryFailedError,
+    EmberBotError,
+    InvalidRequestError,
+    UserInputError,
+)
 from bot.guards import Guards
 from bot.keyed_locks import KeyedLocks
 from bot.lifecycle import Lifecycle
@@ -470,6 +475,13 @@ class EmberService:
             result.text, result.error = await self._stream_reply(
                 messages, variant, self._sampling(), on_delta, timer
             )
+            if isinstance(result.error, InvalidRequestError) and not result.text and history[:-1]:
+                # Most often the history outgrew the model's context: answer the new message
+                # on its own rather than failing every turn until someone resets the history.
+                log.info("backend refused the history (%s); retrying without it", result.error)
+                result.text, result.error = await self._stream_reply(
+                    [messages[0], messages[-1]], variant, self._sampling(), on_delta, timer
+                )
         finally:
             self._slots.release()
         if result.text:

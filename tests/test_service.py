@@ -235,3 +235,26 @@ async def test_platform_failing_mid_reply_ends_the_turn_and_keeps_what_was_shown
     assert result.text.startswith("".join(shown)) and result.text != fake_ember.reply_text
     history = await ctx.service._store.recent_messages(str(session), 10)
     assert [m.role for m in history] == ["user", "assistant"]
+
+
+async def test_history_too_long_for_the_model_falls_back_to_the_new_message(
+    tmp_path, tiny_server, session, alice
+):
+    from bot.app import open_context
+    from bot.settings import Settings
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        goodfire_base_url=tiny_server.base_url,
+        database_url=f"sqlite:///{tmp_path / 'long.db'}",
+        history_max_chars=200_000,
+        max_completion_tokens=8,
+    )
+    async with open_context(settings) as context:
+        await context.service.active_variant(session)
+        store = context.service._store
+        for _ in range(12):  # far beyond the tiny model's 2,048-token context
+            await store.append_message(str(session), "user", "the cat sat " * 80, "Ann")
+            await store.append_message(str(session), "assistant", "on the mat " * 80)
+        result, _ = await collect(context, session, alice, "hello")
+    assert result.error is None and result.text
