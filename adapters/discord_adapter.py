@@ -11,7 +11,6 @@ DISCORD_DEV_GUILD_IDS are synced once at start-up (guild commands update instant
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
@@ -28,7 +27,6 @@ from adapters.discord_confirm import ConfirmationButtons
 from adapters.discord_render import NO_PINGS
 from adapters.discord_replies import FollowUps
 from bot.commands import CommandContext
-from bot.logs import configure_logging
 from bot.settings import NO_BACKEND_HELP, Settings, load_settings_or_report
 
 log = logging.getLogger(__name__)
@@ -129,17 +127,14 @@ def main(argv: list[str]) -> int:
     if args.action is None and not settings.has_backend:
         print(NO_BACKEND_HELP, file=sys.stderr)
         return 2
-    logging_setup = configure_logging(settings)
-    try:
-        asyncio.run(_run_action(args, settings, token))
-    except discord.LoginFailure:
-        print(BAD_TOKEN_HELP, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # before the signal handlers were installed
-        pass
-    finally:
-        logging_setup.close()
-    return 0
+    from bot.app import run_blocking  # imports goodfire (slow); invite-url needs none of it
+
+    return run_blocking(
+        settings,
+        _run_action(args, settings, token),
+        setup_errors=(discord.LoginFailure,),
+        describe=lambda _: BAD_TOKEN_HELP,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

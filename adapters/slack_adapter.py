@@ -39,7 +39,6 @@ from adapters.slack_render import SlackRenderer
 from adapters.slack_replies import SlackReplies
 from bot.commands import CommandContext
 from bot.handlers import build_registry
-from bot.logs import configure_logging
 from bot.settings import Settings, load_settings_or_report
 
 log = logging.getLogger(__name__)
@@ -234,16 +233,7 @@ def run(settings: Settings, *, http: bool, host: str, port: int) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 2
-    from bot.app import run_app  # imports goodfire (slow); `slack manifest` needs none of it
+    from bot.app import run_app, run_blocking  # imports goodfire (slow); `manifest` needs none
 
-    logging_setup = configure_logging(settings)
-    try:
-        asyncio.run(run_app(settings, partial(serve, http=http, host=host, port=port)))
-    except SlackSetupError as error:
-        print(error, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # before the signal handlers were installed
-        pass
-    finally:
-        logging_setup.close()
-    return 0
+    work = run_app(settings, partial(serve, http=http, host=host, port=port))
+    return run_blocking(settings, work, setup_errors=(SlackSetupError,))

@@ -7,13 +7,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from bot.breaker import CircuitBreaker
 from bot.commands import CommandContext
 from bot.ember import EmberGateway, RetryPolicy
 from bot.handlers import build_registry
+from bot.logs import configure_logging
 from bot.metrics import Metrics
 from bot.monitoring import MonitoringServer
 from bot.service import EmberService
@@ -71,3 +75,30 @@ async def run_app(settings: Settings, main: Callable[[CommandContext], Awaitable
         lifecycle = ctx.service.lifecycle
         with lifecycle.signal_handlers():
             await lifecycle.run(main(ctx), settings.shutdown_grace_seconds)
+
+
+def run_blocking(
+    settings: Settings,
+    work: Coroutine[Any, Any, None],
+    *,
+    setup_errors: tuple[type[Exception], ...] = (),
+    describe: Callable[[BaseException], str] = str,
+) -> int:
+    """Run `work` with logging configured: the exit status of an `ember-bot` command.
+
+    A setup error (a rejected token, an unreachable platform) becomes one line on stderr and
+    status 2, never a traceback; Ctrl-C before the signal handlers are installed ends quietly.
+    """
+    failures: list[str] = []
+    logging_setup = configure_logging(settings)
+    try:
+        asyncio.run(work)
+    except* setup_errors as group:
+        failures = [describe(error) for error in group.exceptions]
+    except* KeyboardInterrupt:
+        pass
+    finally:
+        logging_setup.close()
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 2 if failures else 0

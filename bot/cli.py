@@ -84,9 +84,8 @@ def _run_platforms(settings: Settings) -> int:
 
     from adapters.discord_adapter import BAD_TOKEN_HELP
     from adapters.slack_adapter import SlackSetupError
-    from bot.app import run_app
+    from bot.app import run_app, run_blocking
     from bot.commands import CommandContext
-    from bot.logs import configure_logging
 
     platforms, problems = _configured_platforms(settings)
     if not settings.has_backend:
@@ -103,22 +102,14 @@ def _run_platforms(settings: Settings) -> int:
             for serve in platforms:
                 group.create_task(serve(ctx))
 
-    failures: list[str] = []
-    logging_setup = configure_logging(settings)
-    try:
-        asyncio.run(run_app(settings, serve_all))
-    except* (SlackSetupError, discord.LoginFailure) as group:
-        failures = [
+    return run_blocking(
+        settings,
+        run_app(settings, serve_all),
+        setup_errors=(SlackSetupError, discord.LoginFailure),
+        describe=lambda error: (
             BAD_TOKEN_HELP if isinstance(error, discord.LoginFailure) else str(error)
-            for error in group.exceptions
-        ]
-    except* KeyboardInterrupt:  # before the signal handlers were installed
-        pass
-    finally:
-        logging_setup.close()
-    for failure in failures:
-        print(failure, file=sys.stderr)
-    return 2 if failures else 0
+        ),
+    )
 
 
 def _configured_platforms(
