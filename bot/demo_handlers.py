@@ -21,7 +21,13 @@ from bot.confirmations import PROPOSAL_TTL, proposals
 from bot.demo import compare_run, tokens_by_message
 from bot.errors import UserInputError
 from bot.guards import MAX_THRESHOLD
-from bot.handlers import STEER_EXAMPLES, activation_table, edits_summary, feature_name
+from bot.handlers import (
+    STEER_EXAMPLES,
+    TOP_ARG,
+    activation_table,
+    edits_summary,
+    feature_name,
+)
 from bot.models import FeatureRef, TokenActivation
 from bot.render import shorten
 from bot.replies import Attachment, Confirmation, Reply, StreamedColumns, Table, TableRow
@@ -256,14 +262,6 @@ def _when(timestamp: float) -> str:
 
 
 def demo_commands() -> list[Command]:
-    top = Arg(
-        "top",
-        "How many features to show (1-50)",
-        kind="integer",
-        required=False,
-        minimum=1,
-        maximum=50,
-    )
     chart = Arg(
         "chart",
         "Attach a PNG chart",
@@ -283,7 +281,7 @@ def demo_commands() -> list[Command]:
             ("inspect",),
             "Show which features fired in the last exchange (chart, or one feature per token)",
             inspect,
-            (top, chart, inspect_feature),
+            (TOP_ARG, chart, inspect_feature),
             examples=("/inspect", "/inspect 5 chart", "/inspect feature:pirate chart"),
             parse_text=parse_inspect_text,
         ),

@@ -21,6 +21,9 @@ from bot.models import FeatureActivation, FeatureEdit, FeatureRef, VariantState
 from bot.replies import Attachment, Reply, Table, TableRow
 from bot.service import validate_steering_value
 
+TOP_ARG = Arg(
+    "top", "How many features to show (1-50)", kind="integer", required=False, minimum=1, maximum=50
+)
 STEER_EXAMPLES = ("/steer pirate 0.5", '/steer pirate=0.5 "formal writing"=-0.3', "/steer #1234 0")
 
 
@@ -248,14 +251,6 @@ def build_registry() -> Registry:
         minimum=-1,
         maximum=1,
     )
-    top = Arg(
-        "top",
-        "How many features to show (1-50)",
-        kind="integer",
-        required=False,
-        minimum=1,
-        maximum=50,
-    )
     name = Arg("name", "Variant name", autocomplete="variant")
     for command in (
         Command(
@@ -272,7 +267,7 @@ def build_registry() -> Registry:
             ("features", "search"),
             "Search the model's features",
             features_search,
-            (Arg("query", "Words describing the feature", rest=True), top),
+            (Arg("query", "Words describing the feature", rest=True), TOP_ARG),
         ),
         Command(
             ("reset",),

@@ -40,17 +40,7 @@ class AuditEntry:
 
 
 def edits_to_json(edits: dict[int, FeatureEdit]) -> str:
-    return json.dumps(
-        [
-            {
-                "index_in_sae": e.feature.index_in_sae,
-                "label": e.feature.label,
-                "uuid": e.feature.uuid,
-                "value": e.value,
-            }
-            for e in edits.values()
-        ]
-    )
+    return json.dumps([_feature_row(e.feature, value=e.value) for e in edits.values()])
 
 
 def edits_from_json(text: str) -> dict[int, FeatureEdit]:
@@ -62,17 +52,7 @@ def edits_from_json(text: str) -> dict[int, FeatureEdit]:
 
 
 def guards_to_json(guards: dict[int, Guard]) -> str:
-    return json.dumps(
-        [
-            {
-                "index_in_sae": g.feature.index_in_sae,
-                "label": g.feature.label,
-                "uuid": g.feature.uuid,
-                "threshold": g.threshold,
-            }
-            for g in guards.values()
-        ]
-    )
+    return json.dumps([_feature_row(g.feature, threshold=g.threshold) for g in guards.values()])
 
 
 def guards_from_json(text: str) -> dict[int, Guard]:
@@ -81,6 +61,11 @@ def guards_from_json(text: str) -> dict[int, Guard]:
         feature = _feature_from_row(row)
         guards[feature.index_in_sae] = Guard(feature, float(row["threshold"]))
     return guards
+
+
+def _feature_row(feature: FeatureRef, **numbers: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"index_in_sae": feature.index_in_sae, "label": feature.label}
+    return {**row, "uuid": feature.uuid, **numbers}
 
 
 def _feature_from_row(row: dict[str, Any]) -> FeatureRef:

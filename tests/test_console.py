@@ -2,35 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-
-from tests.fake_ember import FakeEmber
-
-
-async def run_console(stdin: str, env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "console",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
-def console_env(tmp_path, fake: FakeEmber | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOODFIRE_", "EMBER_"))}
-    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'console.db'}"
-    if fake is not None:
-        env |= {"GOODFIRE_BASE_URL": fake.base_url, "GOODFIRE_API_KEY": fake.api_key}
-    return env
+from tests.console_helpers import console_env, run_console
 
 
 async def test_scripted_session_steers_chats_and_survives_restart(tmp_path, fake_ember):

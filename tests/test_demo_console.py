@@ -3,31 +3,18 @@ stdin, against FakeEmber and against the tiny preset server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
-from tests.test_console import console_env
+from tests.console_helpers import console_env, run_console
 from tests.test_demo_service import assert_png
 
 
 async def console(stdin: str, env: dict[str, str], cwd: Path) -> str:
     """Run a scripted console session in `cwd` (where attachments are saved); its stdout."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "console",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
-    assert process.returncode == 0, err.decode()
-    return out.decode()
+    code, out, err = await run_console(stdin, env, cwd=cwd)
+    assert code == 0, err
+    return out
 
 
 async def test_compare_inspect_guard_history_and_sharing_in_the_console(tmp_path, fake_ember):

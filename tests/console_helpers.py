@@ -1,0 +1,39 @@
+"""Running the console as a user does: a real `python -m bot console` process with piped stdin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tests.fake_ember import FakeEmber
+
+
+async def run_console(
+    stdin: str, env: dict[str, str], *args: str, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    """A scripted `python -m bot console` session: exit status, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+def console_env(tmp_path: Path, fake: FakeEmber | None) -> dict[str, str]:
+    """The environment minus any real backend settings, with a database in `tmp_path`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOODFIRE_", "EMBER_"))}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'console.db'}"
+    if fake is not None:
+        env |= {"GOODFIRE_BASE_URL": fake.base_url, "GOODFIRE_API_KEY": fake.api_key}
+    return env
