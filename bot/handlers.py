@@ -19,7 +19,7 @@ from bot.commands import (
 from bot.errors import UserInputError
 from bot.models import FeatureActivation, FeatureEdit, FeatureRef, VariantState
 from bot.replies import Attachment, Reply, Table, TableRow
-from bot.service import validate_steering_value
+from bot.service import INDEX_QUERY, validate_steering_value
 
 TOP_ARG = Arg(
     "top", "How many features to show (1-50)", kind="integer", required=False, minimum=1, maximum=50
@@ -92,14 +92,19 @@ def parse_batch(text: str) -> list[tuple[str, float]]:
 
 
 async def steer(ctx: CommandContext, inv: Invocation) -> Reply:
-    feature, value = inv.args["feature"], inv.args["value"]
-    if "=" in feature:
-        requests = parse_batch(feature)
+    query, value = inv.args["feature"], inv.args["value"]
+    if "=" in query:
+        applied = await ctx.service.steer(inv.session, parse_batch(query), inv.actor)
     elif value is None:
-        return await _pick_feature(ctx, feature)
+        heading = f'Give a strength between -1 and 1. Top matches for "{query}":'
+        return _picker(heading, await _search(ctx, query, 5), 0.5)
     else:
-        requests = [(feature, value)]
-    applied = await ctx.service.steer(inv.session, requests, inv.actor)
+        candidates = await _named_or_candidates(ctx, query)
+        if len(candidates) > 1:
+            heading = f'Which feature do you mean by "{query}"? Top matches:'
+            return _picker(heading, candidates, value)
+        applied = [FeatureEdit(candidates[0], validate_steering_value(value))]
+        await ctx.service.apply_edits(inv.session, applied, inv.actor)
     variant = await ctx.service.active_variant(inv.session)
     lines = [_describe_edit(edit) for edit in applied]
     return Reply(f'{inv.actor.display_name} steered variant "{variant.name}": ' + "; ".join(lines))
@@ -111,19 +116,29 @@ def _describe_edit(edit: FeatureEdit) -> str:
     return f"{feature_name(edit.feature)} {edit.value:+.2f}"
 
 
-async def _pick_feature(ctx: CommandContext, query: str) -> Reply:
-    matches = await ctx.service.search_features(query, 5)
-    if not matches:
-        raise UserInputError(f'No feature matches "{query}". Try other words.')
+async def _named_or_candidates(ctx: CommandContext, query: str) -> list[FeatureRef]:
+    """[the feature] when `query` names one (#index, or every word is in the best match's
+    label); otherwise the best matches to choose from, so a vague query never steers blindly."""
+    if INDEX_QUERY.match(query.strip()):
+        return [await ctx.service.resolve_feature(query)]
+    found = await _search(ctx, query, 5)
+    best = found[0].label.lower()
+    if len(found) == 1 or all(word in best for word in query.lower().split()):
+        return found[:1]
+    return found
+
+
+async def _search(ctx: CommandContext, query: str, top_k: int) -> list[FeatureRef]:
+    found = await ctx.service.search_features(query, top_k)
+    if not found:
+        raise UserInputError(f'No feature matches "{query}". Try /features search <words>.')
+    return found
+
+
+def _picker(heading: str, matches: list[FeatureRef], value: float) -> Reply:
     lines = [f"  #{f.index_in_sae}  {f.label}" for f in matches]
-    text = "\n".join(
-        [
-            f'Give a strength between -1 and 1. Top matches for "{query}":',
-            *lines,
-            f"e.g. /steer #{matches[0].index_in_sae} 0.5",
-        ]
-    )
-    return Reply(text, ephemeral=True, feature_choices=matches)
+    example = f"e.g. /steer #{matches[0].index_in_sae} {value:g}"
+    return Reply("\n".join([heading, *lines, example]), ephemeral=True, feature_choices=matches)
 
 
 # --- /features ------------------------------------------------------------------------------------

@@ -258,3 +258,13 @@ async def test_history_too_long_for_the_model_falls_back_to_the_new_message(
             await store.append_message(str(session), "assistant", "on the mat " * 80)
         result, _ = await collect(context, session, alice, "hello")
     assert result.error is None and result.text
+
+
+async def test_a_vague_steer_offers_choices_instead_of_guessing(ctx, session, alice):
+    reply = await run_text_command(ctx, "/steer cat dog 0.4", session, alice)
+    assert not reply.is_error and reply.text.startswith('Which feature do you mean by "cat dog"?')
+    assert [f.index_in_sae for f in reply.feature_choices] == [3001, 3002]
+    assert "/steer #3001 0.4" in reply.text
+    assert (await ctx.service.active_variant(session)).edits == {}
+    reply = await run_text_command(ctx, "/steer nautical pirate 0.4", session, alice)
+    assert '"talking like a pirate (nautical terms)" (#1202) +0.40' in reply.text
