@@ -3,8 +3,9 @@
 Everything is measured through the HTTP API (streamed SSE), as a bot would see it:
 
 - steering: decode tokens/s of steered generations ÷ unsteered ones. Two kinds of steering: a
-  nudge (what `Variant.set` sends) and a guard (an `abort_when` that never fires, which makes the
-  server read the SAE on every generated token).
+  nudge (what `Variant.set` sends; small by default, so the text, and with it the work, stays
+  the same) and a guard (an `abort_when` that never fires, which makes the server read the SAE
+  on every generated token).
 - reading features: compute-features tokens/s ÷ plain-forward tokens/s, where the plain forward
   is compute-logits over the same conversation: the same forward pass, without the SAE encode
   and without the per-token activation report.
@@ -37,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -79,8 +79,9 @@ class Stream:
     """The client-side timeline of one streamed completion."""
 
     started: float
+    first_event: float | None = None  # the first token's chunk (or the finish, if none came)
     chunk_times: list[float] = field(default_factory=list)
-    finish_reason: str | None = None
+    text: str = ""
 
     @property
     def tokens(self) -> int:
@@ -88,7 +89,8 @@ class Stream:
 
     @property
     def ttft(self) -> float:
-        return self.chunk_times[0] - self.started
+        assert self.first_event is not None, "a completed stream has had an event"
+        return self.first_event - self.started
 
     @property
     def gaps(self) -> list[float]:
@@ -197,10 +199,11 @@ async def stream_completion(
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            choice = json.loads(line[6:])["choices"][0]
-            if choice["delta"]["content"]:
-                stream.chunk_times.append(time.perf_counter())
-            stream.finish_reason = choice["finish_reason"] or stream.finish_reason
+            arrived = time.perf_counter()
+            stream.first_event = stream.first_event or arrived
+            if content := json.loads(line[6:])["choices"][0]["delta"]["content"]:
+                stream.chunk_times.append(arrived)
+                stream.text += content
     return stream
 
 
@@ -210,13 +213,24 @@ def decode_rate(streams: Sequence[Stream]) -> float:
     return 1 / percentile(gaps, 50) if gaps else 0.0
 
 
+def ratio(measured: float, baseline: float) -> float | None:
+    """measured ÷ baseline to 3 decimals; None when the baseline measured nothing (e.g. every
+    reply was a single token, so there was no gap between tokens to time)."""
+    return round(measured / baseline, 3) if baseline else None
+
+
 # ---- the three measurements --------------------------------------------------------------------
 
 
 async def measure_steering(
     http: httpx.AsyncClient, work: Workload, requests: int, max_tokens: int
 ) -> dict[str, Any]:
-    """Plain, nudged and guarded generations, interleaved so drift hits all three alike."""
+    """Plain, nudged and guarded generations, interleaved so drift hits all three alike.
+
+    A nudge costs the same whatever its value, and the default value is small enough that the
+    greedy text does not change (`same_text` says how often that held): then steered and plain
+    runs decode exactly the same tokens, and the ratio is the cost of steering alone.
+    """
     kinds: dict[str, Any] = {
         "unsteered": lambda _feature: None,
         "nudge": lambda feature: nudge(feature, work.steer_value),
@@ -229,17 +243,22 @@ async def measure_steering(
             streams[kind].append(
                 await stream_completion(http, work.model, prompt, max_tokens, controller(feature))
             )
+    plain = [run.text for run in streams["unsteered"]]
     return {
         kind: {
             "decode_tokens_per_s": round(decode_rate(runs), 1),
             "mean_tokens": round(sum(run.tokens for run in runs) / len(runs), 1),
+            "same_text": sum(run.text == text for run, text in zip(runs, plain, strict=True))
+            / len(runs),
             "ttft_p50_ms": round(1000 * percentile([run.ttft for run in runs], 50), 2),
         }
         for kind, runs in streams.items()
     }
 
 
-async def measure_reading(http: httpx.AsyncClient, model: str, words: int, repeats: int):
+async def measure_reading(
+    http: httpx.AsyncClient, model: str, words: int, repeats: int
+) -> dict[str, Any]:
     """compute-features and compute-logits over one long conversation, alternating."""
     text = " ".join(itertools.islice(itertools.cycle(READ_TEXT.split()), words))
     messages = [
@@ -289,15 +308,17 @@ class LoadRun:
 async def generate_load(
     http: httpx.AsyncClient, work: Workload, streams: int, requests: int, max_tokens: int
 ) -> LoadRun:
-    """`streams` clients, each sending `requests` completions back to back; client n nudges
-    feature n, so every stream carries its own steering vector."""
+    """`streams` clients, each sending `requests` completions back to back. Client n nudges
+    feature n, so every stream carries its own steering vector, and its token budget is
+    max_tokens minus n/16ths of it, so the streams do not all finish (and ask again) at once."""
 
     async def client(number: int) -> list[Stream]:
         controller = nudge(work.features[number % len(work.features)], work.load_value)
+        budget = max_tokens - number * max_tokens // 16
         runs = []
         for turn in range(requests):
             prompt = PROMPTS[(number + turn) % len(PROMPTS)]
-            runs.append(await stream_completion(http, work.model, prompt, max_tokens, controller))
+            runs.append(await stream_completion(http, work.model, prompt, budget, controller))
         return runs
 
     started = time.perf_counter()
@@ -353,17 +374,18 @@ async def run(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
         solo, loaded = await measure_load(http, work, args)
     plain = steering["unsteered"]["decode_tokens_per_s"]
     ratios = {
-        "steered_nudge": steering["nudge"]["decode_tokens_per_s"] / plain,
-        "steered_guard": steering["guard"]["decode_tokens_per_s"] / plain,
-        "features": reading["compute_features"]["tokens_per_s"]
-        / reading["plain_forward"]["tokens_per_s"],
-        "concurrency": loaded["aggregate_tokens_per_s"] / solo["aggregate_tokens_per_s"],
+        "steered_nudge": ratio(steering["nudge"]["decode_tokens_per_s"], plain),
+        "steered_guard": ratio(steering["guard"]["decode_tokens_per_s"], plain),
+        "features": ratio(
+            reading["compute_features"]["tokens_per_s"], reading["plain_forward"]["tokens_per_s"]
+        ),
+        "concurrency": ratio(loaded["aggregate_tokens_per_s"], solo["aggregate_tokens_per_s"]),
     }
     return {
         "model": work.model,
         "base_url": base_url,
         "machine": machine_info(["torch", "transformers"]),
-        "ratios": {name: round(value, 3) for name, value in ratios.items()},
+        "ratios": ratios,
         "targets": TARGETS,
         "steering": steering,
         "reading": reading,
@@ -373,6 +395,7 @@ async def run(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
             for name in (
                 "requests",
                 "max_tokens",
+                "steer_value",
                 "read_words",
                 "read_repeats",
                 "streams",
@@ -432,7 +455,8 @@ def report(result: dict[str, Any]) -> str:
     ]
     return "\n\n".join(
         [
-            f"{result['model']} at {result['base_url']}\n{describe_machine(result['machine'])}",
+            f"{result['model']} at {result['base_url']}\n"
+            f"machine (where this script ran): {describe_machine(result['machine'])}",
             format_table(["ratio", "measured", "target", "from"], rows),
             format_table(
                 ["load", "TTFT p50 ms", "TTFT p99 ms", "decode tok/s per stream", "requests"],
@@ -460,9 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--features", help="comma-separated feature indices to steer (default: tiny's planted)"
     )
     sizes = parser.add_argument_group("sizes")
-    sizes.add_argument("--requests", type=int, default=24, help="generations per steering kind")
+    sizes.add_argument("--requests", type=int, default=48, help="generations per steering kind")
     sizes.add_argument("--max-tokens", type=int, default=64, help="per steering-phase generation")
-    sizes.add_argument("--steer-value", type=float, default=0.5, help="nudge strength")
+    sizes.add_argument(
+        "--steer-value", type=float, default=0.05, help="nudge strength when comparing costs"
+    )
     sizes.add_argument("--read-words", type=int, default=256, help="words in the read conversation")
     sizes.add_argument("--read-repeats", type=int, default=20, help="calls per reading route")
     sizes.add_argument("--streams", type=int, default=8, help="concurrent streams under load")
@@ -480,8 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model needs --sae")
     if args.base_url and args.model:
         parser.error("give either --base-url or --model, not both")
-    with served(args) as base_url:
-        result = asyncio.run(run(base_url, args))
+    try:
+        with served(args) as base_url:
+            result = asyncio.run(run(base_url, args))
+    except httpx.HTTPError as error:
+        print(f"bench.server: a request to the server failed: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(result) if args.json else report(result))
     return 0
 

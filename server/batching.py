@@ -3,15 +3,16 @@
 Each row holds one generation's keys and values, right-aligned: a shorter history is padded on
 the left and the attention mask hides the padding. Position ids count each row's own tokens, so
 a row's rotary positions do not depend on its neighbours, and a row's distance to any earlier
-token is the same in the batch as alone (sliding-window masks stay right). Rows join with the
-cache of their own prefill and leave when their generation ends; padding columns that every
-remaining row has are trimmed away.
+token is the same in the batch as alone (sliding-window masks stay right). New rows arrive
+together, prefilled in one left-padded forward pass of their own (`prefill_inputs`), and join;
+rows leave when their generation ends, and padding columns that every remaining row has are
+trimmed away.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 import torch
 from transformers import DynamicCache
@@ -19,10 +20,33 @@ from transformers import DynamicCache
 Row = TypeVar("Row")
 
 
+class _KeysAndValues(Protocol):
+    keys: torch.Tensor  # [rows, heads, tokens, head_dim]
+    values: torch.Tensor
+
+
 def row_cache() -> DynamicCache:
-    """An empty cache for one row's prefill. Plain full-attention layers (no config: sliding
-    layers would drop tokens), so that rows of any length can join a batch."""
+    """An empty cache for a prefill. Plain full-attention layers (no config: sliding-window
+    layers would drop old tokens), so that rows of any length can join a batch."""
     return DynamicCache()
+
+
+def prefill_inputs(
+    prompts: Sequence[Sequence[int]], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Model inputs for several prompts at once, left-padded to the longest, and their mask
+    ([prompts, longest], True at real tokens)."""
+    width = max(len(prompt) for prompt in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = True
+    ids, mask = ids.to(device), mask.to(device)
+    if bool(mask.all()):  # the model's own mask and positions are exactly right
+        return {"input_ids": ids}, mask
+    positions = (mask.long().cumsum(dim=1) - 1).clamp_min(0)
+    return {"input_ids": ids, "attention_mask": mask.long(), "position_ids": positions}, mask
 
 
 class PaddedBatch(Generic[Row]):
@@ -38,20 +62,18 @@ class PaddedBatch(Generic[Row]):
         self._lengths = torch.zeros(0, dtype=torch.long, device=self.device)  # tokens per row
         self._padded = False
 
-    def join(self, row: Row, cache: DynamicCache) -> None:
-        """Add `row`, whose own cache (a batch of one, no padding) holds its history."""
-        length = cache.get_seq_length()
-        mask = torch.ones(1, length, dtype=torch.bool, device=self.device)
+    def join(self, rows: Sequence[Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add `rows`, whose prefill filled `cache` (a batch of their own, padded as `mask`)."""
         if not self.rows:
             self.cache, self._mask = cache, mask
         else:
-            width = max(self._mask.shape[1], length)
-            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            width = max(self._mask.shape[1], mask.shape[1])
+            for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
                 mine.keys = _stack_right_aligned(mine.keys, theirs.keys, width, dim=-2)
                 mine.values = _stack_right_aligned(mine.values, theirs.values, width, dim=-2)
             self._mask = _stack_right_aligned(self._mask, mask, width, dim=-1)
-        self._lengths = torch.cat([self._lengths, self._lengths.new_tensor([length])])
-        self.rows.append(row)
+        self._lengths = torch.cat([self._lengths, mask.sum(dim=1)])
+        self.rows.extend(rows)
         self._padded = not bool(self._mask.all())
 
     def keep(self, rows: Sequence[Row]) -> None:
@@ -64,7 +86,7 @@ class PaddedBatch(Generic[Row]):
         index = torch.tensor([self.rows.index(row) for row in rows], device=self.device)
         mask = self._mask[index]
         first = int(mask.any(dim=0).to(torch.int8).argmax())  # the first column still in use
-        for layer in self.cache.layers:
+        for layer in _layers(self.cache):
             layer.keys = layer.keys[index, :, first:]
             layer.values = layer.values[index, :, first:]
         self._mask = mask[:, first:]
@@ -88,6 +110,11 @@ class PaddedBatch(Generic[Row]):
         """Record the token every row just added to the cache."""
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
         self._lengths = self._lengths + 1
+
+
+def _layers(cache: DynamicCache) -> list[_KeysAndValues]:
+    """The cache's layers, which row_cache makes plain tensors of keys and values."""
+    return cast(list[_KeysAndValues], cache.layers)
 
 
 def _stack_right_aligned(

@@ -41,8 +41,9 @@ from typing import Any, Literal, Protocol
 
 import torch
 from jinja2.exceptions import TemplateError
+from transformers import DynamicCache
 
-from server.batching import PaddedBatch, row_cache
+from server.batching import PaddedBatch, prefill_inputs, row_cache
 from server.controller import EMPTY_PLAN, Scope, SteeringPlan
 from server.decoding import IncrementalDetokenizer, StopMatcher, sample_next_token
 from server.presets import ModelBundle
@@ -230,16 +231,18 @@ class _BatchSteering:
     """Every row's own steering in one batched forward pass (hidden: [rows, tokens, d_in]).
 
     Nudges are added for all rows at once (a zero row for the others, which leaves them exactly
-    as they were); rows whose steering reads SAE features go through their own _SteeringPass, so
-    each row is steered exactly as it would be alone.
+    as they were); rows whose steering reads SAE features go through their own _SteeringPass,
+    without their left padding, so each row is steered exactly as it would be alone.
     """
 
     stop_after_layer = False
     track_gradient = False
 
-    def __init__(self, passes: Sequence[_SteeringPass]) -> None:
+    def __init__(self, passes: Sequence[_SteeringPass], padding: Sequence[int] = ()) -> None:
+        """`padding`: each row's padding positions, on the left (none when not given)."""
         self._passes = passes
-        self._reading = [row for row, steering in enumerate(passes) if steering.reads_features]
+        self._padding = padding or [0] * len(passes)
+        self._any_reading = any(steering.reads_features for steering in passes)
         nudges = [steering.nudge for steering in passes]
         self._nudges: torch.Tensor | None = None
         if any(nudge is not None for nudge in nudges):
@@ -250,12 +253,12 @@ class _BatchSteering:
         if self._nudges is not None:
             steered = hidden + self._nudges.to(hidden.dtype)
         else:
-            steered = hidden.clone() if self._reading else hidden
-        for row, steering in enumerate(self._passes):
+            steered = hidden.clone() if self._any_reading else hidden
+        for row, (steering, pad) in enumerate(zip(self._passes, self._padding, strict=True)):
             if steering.reads_features:
-                steered[row : row + 1] = steering(hidden[row : row + 1])
+                steered[row : row + 1, pad:] = steering(hidden[row : row + 1, pad:])
             else:
-                steering.position += hidden.shape[1]
+                steering.position += hidden.shape[1] - pad
         return steered
 
 
@@ -278,14 +281,7 @@ class _Decode:
 class Runtime:
     """Every model-backed operation of the API, run on one worker thread."""
 
-    def __init__(
-        self,
-        bundle: ModelBundle,
-        *,
-        strength: float = STEERING_STRENGTH,
-        threads: int | None = None,
-    ) -> None:
-        """`threads`: torch intra-op threads for inference (default: see inference_threads)."""
+    def __init__(self, bundle: ModelBundle, *, strength: float = STEERING_STRENGTH) -> None:
         self.bundle = bundle
         # Any: transformers types its results as unions over every return mode.
         self.tokenizer: Any = bundle.tokenizer
@@ -302,7 +298,7 @@ class Runtime:
         # Reports name every token of a conversation; the tokenizer's decode is slow per call.
         self._token_text = functools.lru_cache(maxsize=TOKEN_TEXTS_KEPT)(self._decode_token)
         self._batch: PaddedBatch[_SteeringPass] = PaddedBatch(self.device)
-        threads = threads or inference_threads(self.model)
+        threads = inference_threads(self.model)
         self._worker = InferenceWorker(
             run_batch=self._run_batch,
             initializer=(lambda: torch.set_num_threads(threads)) if threads else None,
@@ -385,6 +381,8 @@ class Runtime:
     def _generation_steps(
         self, prompt: list[int], options: SamplingOptions, plan: SteeringPlan
     ) -> Generator[Batched | TextChunk | Finish, torch.Tensor, None]:
+        """One request's generation: asks the worker for forward passes (Batched work), is
+        sent their logits, and yields its text."""
         steering = self._pass(plan, watch_from=len(prompt))
         generator = torch.Generator(device=self.device)
         generator.manual_seed(
@@ -424,40 +422,52 @@ class Runtime:
 
     def _run_batch(self, works: list[_Prefill | _Decode]) -> list[torch.Tensor | Exception]:
         """One round of generation: the next-token logits of every running generation from one
-        batched forward pass, then each newcomer's prefill (which joins the batch).
+        batched forward pass, then the newcomers' from another over all their prompts (after
+        which they join the batch).
 
         Generations that asked for no decode this round have ended and leave the batch.
         """
         decodes = [work for work in works if isinstance(work, _Decode)]
+        prefills = [work for work in works if isinstance(work, _Prefill)]
         self._batch.keep([work.steering for work in decodes])
         decoded = iter(self._decode_step([work.token for work in decodes]) if decodes else ())
-        return [
-            next(decoded) if isinstance(work, _Decode) else self._prefill(work) for work in works
-        ]
+        prefilled = iter(self._prefill(prefills) if prefills else ())
+        return [next(decoded if isinstance(work, _Decode) else prefilled) for work in works]
 
     def _decode_step(self, tokens: list[int]) -> torch.Tensor:
         """Feed one token per batch row; the next-token logits, [rows, vocab]."""
-        steering = _BatchSteering(self._batch.rows)
-        cache = {self._cache_name: self._batch.cache}
+        inputs, steering = self._batch.inputs(tokens), _BatchSteering(self._batch.rows)
         try:
-            with torch.inference_mode(), self._steering(steering):
-                output = self.model(
-                    **self._batch.inputs(tokens), **cache, use_cache=True, logits_to_keep=1
-                )
+            logits = self._extend(self._batch.cache, inputs, steering)
         except Exception:
             self._batch.clear()  # the cache may hold the failed step in some layers
             raise
         self._batch.advance()
-        return output.logits[:, -1]
-
-    def _prefill(self, work: _Prefill) -> torch.Tensor | Exception:
-        """The first next-token logits of a new generation, whose cache then joins the batch."""
-        try:
-            logits, cache = self._forward(work.prompt, work.steering, row_cache())
-        except Exception as error:  # fails this generation only
-            return error
-        self._batch.join(work.steering, cache)
         return logits
+
+    def _prefill(self, works: list[_Prefill]) -> Sequence[torch.Tensor | Exception]:
+        """The first next-token logits of new generations; their caches then join the batch."""
+        inputs, mask = prefill_inputs([work.prompt for work in works], self.device)
+        passes = [work.steering for work in works]
+        steering = _BatchSteering(passes, padding=(~mask).sum(dim=1).tolist())
+        cache = row_cache()
+        try:
+            logits = self._extend(cache, inputs, steering)
+        except Exception as error:  # fails these generations only
+            return [error] * len(works)
+        self._batch.join(passes, cache, mask)
+        return list(logits)
+
+    def _extend(
+        self, cache: DynamicCache, inputs: dict[str, torch.Tensor], steering: _Steering
+    ) -> torch.Tensor:
+        """Run `inputs` through the model, adding them to `cache`; each row's next-token
+        logits ([rows, vocab])."""
+        with torch.inference_mode(), self._steering(steering):
+            output = self.model(
+                **inputs, **{self._cache_name: cache}, use_cache=True, logits_to_keep=1
+            )
+        return output.logits[:, -1]
 
     def _stop_token_ids(self, stop: Sequence[str]) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -518,7 +528,7 @@ class Runtime:
     def _logits(
         self, prompt: list[int], plan: SteeringPlan, top_k: int, vocabulary: Sequence[str] | None
     ) -> dict[str, float]:
-        logits, _ = self._forward(prompt, self._pass(plan, watch_from=0), None)
+        logits = self._next_token_logits(prompt, self._pass(plan, watch_from=0))
         if vocabulary is not None:
             candidates = {text: self._first_token(text) for text in vocabulary}
             scored = [(float(logits[i]), text) for text, i in candidates.items() if i is not None]
@@ -609,15 +619,11 @@ class Runtime:
 
     # ---- forward passes ------------------------------------------------------------------
 
-    def _forward(
-        self, inputs: list[int], steering: _SteeringPass, cache: Any
-    ) -> tuple[torch.Tensor, Any]:
-        ids = torch.tensor([inputs], device=self.device)
+    def _next_token_logits(self, prompt: list[int], steering: _SteeringPass) -> torch.Tensor:
+        ids = torch.tensor([prompt], device=self.device)
         with torch.inference_mode(), self._steering(steering):
-            output = self.model(
-                input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_name: cache}
-            )
-        return output.logits[0, -1], getattr(output, self._cache_name)
+            output = self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        return output.logits[0, -1]
 
     def _features(self, prompt: list[int], plan: SteeringPlan) -> torch.Tensor:
         """SAE activations ([tokens, d_sae]) at the hooked layer, after `plan`'s steering."""

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ class _Call:
 @dataclass
 class _Stream:
     steps: Generator[Any, Any, None]
-    deliver: Callable[[Any], None]
+    loop: asyncio.AbstractEventLoop  # where the consumer reads `items`
+    items: asyncio.Queue[Any]
     cancelled: threading.Event = field(default_factory=threading.Event)
     result: Any = None  # sent into `steps` at its next turn (an exception is thrown in)
 
@@ -66,12 +68,14 @@ class InferenceWorker:
         run_batch: BatchRunner | None = None,
         initializer: Callable[[], None] | None = None,
     ) -> None:
-        """`run_batch` serves the streams' Batched work; `initializer` runs first on the thread
-        (per-thread settings such as torch's intra-op thread count)."""
+        """`run_batch` serves the streams' Batched work (without it they may yield none);
+        `initializer` runs first on the thread (per-thread settings such as torch's intra-op
+        thread count)."""
         self._inbox: queue.SimpleQueue[_Call | _Stream | object] = queue.SimpleQueue()
         self._calls: deque[_Call] = deque()
         self._streams: list[_Stream] = []
-        self._run_batch = run_batch
+        self._outbox: list[tuple[_Stream, Any]] = []  # items not yet handed to their loop
+        self._run_batch = run_batch or _no_batched_work
         self._initializer = initializer
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -82,22 +86,23 @@ class InferenceWorker:
         self._submit(_Call(fn, future))
         return await asyncio.wrap_future(future)
 
-    async def stream(self, steps: Generator[Any, Any, None]) -> AsyncGenerator[Any, None]:
-        """Advance `steps` on the worker thread, yielding each item as soon as it exists.
+    def stream(self, steps: Generator[Any, Any, None]) -> AsyncGenerator[Any, None]:
+        """Start advancing `steps` on the worker thread now; the returned iterator yields each
+        item as soon as it exists.
 
-        Closing the returned iterator early (client gone) cancels the job; the worker closes
-        `steps` before its next turn.
+        Closing the iterator early (client gone), or dropping it unread, cancels the job; the
+        worker closes `steps` before its next turn.
         """
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[Any] = asyncio.Queue()
-
-        def deliver(item: Any) -> None:
-            loop.call_soon_threadsafe(items.put_nowait, item)
-
-        job = _Stream(steps, deliver)
+        job = _Stream(steps, asyncio.get_running_loop(), asyncio.Queue())
         self._submit(job)
+        received = self._receive(job)
+        weakref.finalize(received, job.cancelled.set)
+        return received
+
+    @staticmethod
+    async def _receive(job: _Stream) -> AsyncGenerator[Any, None]:
         try:
-            while (item := await items.get()) is not _END:
+            while (item := await job.items.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -151,12 +156,8 @@ class InferenceWorker:
             if isinstance(item, Batched):
                 waiting.append((stream, item.work))
         self._streams = still_running
-        if self._run_batch is not None:
-            self._serve(waiting, self._run_batch)
-        elif waiting:
-            missing = RuntimeError("this worker has no run_batch for Batched work")
-            for stream, _work in waiting:
-                stream.result = missing
+        self._flush()
+        self._serve(waiting)
 
     def _turn(self, stream: _Stream) -> Any:
         """Advance `stream` by one item and deliver it; _END once the stream is over."""
@@ -179,11 +180,10 @@ class InferenceWorker:
             self._deliver(stream, ready)
         return item
 
-    @staticmethod
-    def _serve(waiting: list[tuple[_Stream, Any]], run_batch: BatchRunner) -> None:
+    def _serve(self, waiting: list[tuple[_Stream, Any]]) -> None:
         """Run the round's batched work (also when there is none: the runner may free rows)."""
         try:
-            results = run_batch([work for _stream, work in waiting])
+            results = self._run_batch([work for _stream, work in waiting])
             answered = list(zip(waiting, results, strict=True))
         except Exception as error:  # thrown into every stream of the round
             answered = [(entry, error) for entry in waiting]
@@ -205,6 +205,7 @@ class InferenceWorker:
                 self._deliver(job, stopped)
             elif isinstance(job, _Call) and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(stopped)
+        self._flush()
 
     @staticmethod
     def _run_call(call: _Call) -> None:
@@ -215,9 +216,29 @@ class InferenceWorker:
         except BaseException as error:  # handed to the awaiting request
             call.future.set_exception(error)
 
-    @staticmethod
-    def _deliver(stream: _Stream, item: Any) -> None:
-        try:
-            stream.deliver(item)
-        except RuntimeError:  # the request's event loop is gone
-            stream.cancelled.set()
+    def _deliver(self, stream: _Stream, item: Any) -> None:
+        self._outbox.append((stream, item))
+
+    def _flush(self) -> None:
+        """Hand the round's items to their event loops: one wake-up per loop, not per item."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]] = {}
+        for stream, item in self._outbox:
+            by_loop.setdefault(stream.loop, []).append((stream, item))
+        self._outbox = []
+        for loop, deliveries in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, deliveries)
+            except RuntimeError:  # that event loop is gone, and its requests with it
+                for stream, _item in deliveries:
+                    stream.cancelled.set()
+
+
+def _no_batched_work(works: list[Any]) -> list[Any]:
+    if works:
+        raise RuntimeError("Batched work was yielded to a worker without run_batch")
+    return []
+
+
+def _put_all(deliveries: list[tuple[_Stream, Any]]) -> None:
+    for stream, item in deliveries:
+        stream.items.put_nowait(item)

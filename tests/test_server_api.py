@@ -295,6 +295,7 @@ async def test_health_answers_quickly_during_generation(http, tiny_server, model
         "model": model_id,
         "stream": True,
         "max_completion_tokens": 200,
+        "temperature": 0,  # greedy: the steered reply runs long enough to probe /health
         "controller": chatty.controller.json(),
     }
     under_way = asyncio.Event()

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Generator, Iterator
+import threading
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import goodfire
@@ -24,7 +25,7 @@ import pytest
 import torch
 
 from server.app import API_PREFIX
-from server.batching import PaddedBatch, row_cache
+from server.batching import PaddedBatch, prefill_inputs, row_cache
 from server.presets import TINY_PLANTED
 from server.worker import Batched, InferenceWorker
 
@@ -38,6 +39,10 @@ CODE, _ = TINY_PLANTED["computers and programming"]
 
 
 # ---- the worker's rounds ----------------------------------------------------------------------
+
+
+async def read_all(stream: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in stream]
 
 
 async def test_worker_runs_every_streams_batched_work_together_and_answers_each() -> None:
@@ -55,18 +60,24 @@ async def test_worker_runs_every_streams_batched_work_together_and_answers_each(
         answer = yield Batched(answer + 1, ready=(f"got {answer}",))
         yield f"then {answer}"
 
-    results = await asyncio.gather(
-        *(consume_all(worker, asks(first)) for first in (1, 3, 2)), return_exceptions=True
-    )
+    # Hold the worker in a call while the three streams arrive, so they share every round.
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait()
+
+    held = asyncio.create_task(worker.call(hold))
+    await asyncio.to_thread(holding.wait)
+    streams = [worker.stream(asks(first)) for first in (1, 3, 2)]
+    release.set()
+    await held
+    results = await asyncio.gather(*map(read_all, streams), return_exceptions=True)
     worker.close()
     assert results[0] == ["got 10", "then 110"]
     assert isinstance(results[1], ValueError)  # its own result was an error; the others go on
     assert results[2] == ["got 20", "then 210"]
     assert sizes == [3, 2]
-
-
-async def consume_all(worker: InferenceWorker, steps: Generator[Any, Any, None]) -> list[Any]:
-    return [item async for item in worker.stream(steps)]
 
 
 async def test_a_batch_that_raises_fails_its_streams_and_the_worker_goes_on() -> None:
@@ -85,8 +96,8 @@ async def test_a_batch_that_raises_fails_its_streams_and_the_worker_goes_on() ->
             closed.append(work)
 
     with pytest.raises(RuntimeError, match="batch failed"):
-        await consume_all(worker, asks("boom"))
-    assert await consume_all(worker, asks("fine")) == ["fine"]
+        await read_all(worker.stream(asks("boom")))
+    assert await read_all(worker.stream(asks("fine"))) == ["fine"]
     worker.close()
     assert sorted(closed) == ["boom", "fine"]
 
@@ -114,8 +125,9 @@ def decode_alone(model: Any, prompt: list[int], tokens: list[int]) -> list[torch
 
 
 def test_batched_rows_decode_like_solo_rows(tiny_bundle, one_thread) -> None:
-    """Rows of different lengths join at different steps and the longest leaves early; every
-    row's logits match its solo run, and the padding only the leaver needed is trimmed."""
+    """Rows of different lengths are prefilled together or alone, join at different steps, and
+    the longest leaves early; every row's logits (prefill and decode) match its solo run, and
+    the padding only the leaver needed is trimmed."""
     model, vocabulary = tiny_bundle.model, tiny_bundle.model.config.vocab_size
     draw = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, vocabulary, (n,), generator=draw).tolist() for n in (7, 30, 12, 3)]
@@ -147,11 +159,15 @@ def test_batched_rows_decode_like_solo_rows(tiny_bundle, one_thread) -> None:
                     done[row] += 1
                     error = (output.logits[position, -1] - solo[row][done[row]]).abs().max()
                     largest_error = max(largest_error, float(error))
-            for row in joins_at.get(step, []):
+            if joining := joins_at.get(step):
+                inputs, mask = prefill_inputs([prompts[row] for row in joining], batch.device)
                 cache = row_cache()
-                model(input_ids=torch.tensor([prompts[row]]), cache=cache, use_cache=True)
-                batch.join(row, cache)
-                done[row] = 0
+                output = model(**inputs, cache=cache, use_cache=True)
+                batch.join(joining, cache, mask)
+                for position, row in enumerate(joining):
+                    done[row] = 0
+                    error = (output.logits[position, -1] - solo[row][0]).abs().max()
+                    largest_error = max(largest_error, float(error))
     assert largest_error < BATCH_TOLERANCE
     assert done == {0: 10, 1: leaves_at - 1, 2: 10, 3: 10}
     assert batch.rows == [] and rows_left == [0, 2, 3]
