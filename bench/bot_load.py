@@ -2,11 +2,16 @@
 
 Drives the real core: EmberService through EmberGateway (goodfire SDK paths, pooled httpx),
 the SQLite store in a temp dir, and production logging (INFO, written to /dev/null). The
-backend is FakeEmber in its own process, so its work does not run on the bot's event loop;
-it streams 40-token replies paced like a model (first token 200 ms, then 40 tokens/s) or
-instantly, and reports how long it spent on each reply. A turn's overhead is its wall time
-minus that backend time. `--adapter` also renders every reply through the adapters' shared
-StreamingMessage into a sink that accepts posts and edits instantly.
+backend is FakeEmber in its own process, so that its work neither runs on the bot's event loop
+nor counts as the bot's CPU; it streams 40-token replies paced like a model (first token 200 ms,
+then 40 tokens/s) or instantly, and reports how long it spent on each reply. A turn's overhead
+is its wall time minus that backend time. `--adapter` also renders every reply through the
+adapters' shared StreamingMessage into a sink that accepts posts and edits instantly.
+
+Parts: every channel count with realistic latency and with none (saturation); a burst under the
+shipped default settings (rate limits, 8 backend slots, a queue of 200); steering writes through
+the service and straight into the store; and the memory of a fresh bot process holding 10,000
+stored sessions while 1,000 of them stream at once.
 
     python -m bench.bot_load [--quick] [--adapter] [--json]
 """
@@ -42,7 +47,7 @@ from bench.common import (
     percentile,
     rss_mb,
 )
-from bot.app import open_context
+from bot.app import freeze_startup_objects, open_context
 from bot.commands import CommandContext
 from bot.conversation import speaker_line
 from bot.errors import EmberBotError, UserInputError
@@ -82,7 +87,6 @@ class Options:
 
 
 QUICK = Options(
-    channels=(1, 10, 100, 500),
     load_seconds=3.0,
     saturation_seconds=2.0,
     burst=50,
@@ -286,6 +290,7 @@ async def run_load(fake: RemoteFake, load: Load, adapter: bool) -> dict[str, Any
         concurrency = None if load.shipped_defaults else load.channels
         settings = bench_settings(fake.backend, Path(tmp) / "bot.db", concurrency)
         async with open_context(settings) as ctx:
+            freeze_startup_objects()  # as run_app does
             tally = Tally()
             started = time.monotonic()
             with cpu_seconds() as bot_cpu:
@@ -317,7 +322,7 @@ def _load_row(
     fake_cpu: float,
 ) -> dict[str, Any]:
     done = [t for t in tally.turns if t.error is None and t.backend_key in served]
-    warm = [t for t in done if t.warm] or done
+    warm = [t for t in done if t.warm] or done  # rows where every channel ran one turn
     walls = [t.seconds for t in warm]
     backends = [served[t.backend_key] for t in warm]
     overheads = [wall - backend for wall, backend in zip(walls, backends, strict=True)]
@@ -325,7 +330,8 @@ def _load_row(
         "channels": load.channels,
         "turns": len(tally.turns),
         "errors": sum(t.error is not None for t in tally.turns),
-        "refused": dict(tally.refused),
+        "refused": sum(tally.refused.values()),
+        "refused_kinds": dict(tally.refused),
         "longest_queue": tally.longest_queue,
         "turns_per_s": round(len(tally.turns) / elapsed, 1),
         "seconds": round(elapsed, 2),
@@ -363,8 +369,8 @@ async def _rate(
             await write(number, count)
             timings.append(time.perf_counter() - started)
 
-    until = time.monotonic() + seconds
     started = time.monotonic()
+    until = started + seconds
     await asyncio.gather(*(writer(n) for n in range(writers)))
     return {
         "writes_per_s": round(len(timings) / (time.monotonic() - started), 1),
@@ -445,6 +451,7 @@ async def _memory_in_fresh_process(
     `active` stored sessions each stream a reply at once."""
     started = rss_mb()
     async with open_context(bench_settings(backend, database, active)) as ctx:
+        freeze_startup_objects()
         opened = rss_mb()
         tally = Tally()
 
@@ -476,6 +483,7 @@ async def memory_use(fake: RemoteFake, options: Options) -> dict[str, Any]:
             target=_measure_memory, args=(send, fake.backend, database, options.active)
         )
         child.start()
+        send.close()  # so that a crashed child ends recv() with EOFError instead of a hang
         memory = await asyncio.to_thread(receive.recv)
         child.join(10)
         database_mb = round(database.stat().st_size / 2**20, 1)
@@ -605,7 +613,7 @@ def render(report: dict[str, Any]) -> str:
     options, settings = report["options"], report["bot_settings"]
     steering = report["steering"]
     burst = report["shipped_defaults_burst"]
-    refused = ", ".join(f"{n} {kind}" for kind, n in burst["refused"].items()) or "none"
+    kinds = ", ".join(f"{n} {kind}" for kind, n in burst["refused_kinds"].items()) or "none"
     sections = [
         f"ember-bot load benchmark (bot side) — {report['command']}",
         f"machine: {describe_machine(report['machine'])}; load average {report['load_average']}",
@@ -614,12 +622,13 @@ def render(report: dict[str, Any]) -> str:
         f"{options['tokens_per_second']} tokens/s",
         f"bot settings: {settings}; adapter rendering {'on' if options['adapter'] else 'off'}",
         f"\nRealistic latency: every channel chats back to back, {options['load_seconds']} s "
-        "per row (overhead = turn time - the fake's own time; each channel's first turn left out)",
+        "per row (overhead = turn time - the fake's own time; a channel's first turn, which opens "
+        "its session, is left out where it ran more)",
         _columns(report["realistic"], REALISTIC_COLUMNS),
         f"\nZero latency (saturation), {options['saturation_seconds']} s per row",
         _columns(report["zero_latency"], SATURATION_COLUMNS),
         "\nShipped default settings (backend_max_concurrency 8, backend_max_queue 200, rate "
-        f"limits on): {burst['channels']} channels send one message at once; refused: {refused}",
+        f"limits on): {burst['channels']} channels send one message at once; refused: {kinds}",
         _columns([burst], BURST_COLUMNS),
         f"\nSteering writes, {steering['writers']} concurrent writers",
         format_table(
@@ -688,15 +697,15 @@ def parse_options(argv: list[str] | None = None) -> tuple[Options, bool]:
     return options, args.json
 
 
-def main() -> None:
-    options, as_json = parse_options()
-    load_before = os.getloadavg()
+def measure(options: Options, command: str) -> dict[str, Any]:
+    """Run every part; the whole report, as `--json` prints it."""
+    load_before = os.getloadavg()[0]
     with production_logging():
         results = asyncio.run(run(options))
     report: dict[str, Any] = {
-        "command": " ".join(["python -m bench.bot_load", *sys.argv[1:]]),
+        "command": command,
         "machine": {**machine_info(PACKAGES), "sqlite": sqlite3.sqlite_version},
-        "load_average": [round(x, 2) for x in (*load_before[:1], os.getloadavg()[0])],
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "options": describe(options),
         "bot_settings": BOT_SETTINGS,
         **results,
@@ -704,6 +713,12 @@ def main() -> None:
     report["targets"] = [
         {**vars(target), "verdict": target.verdict} for target in evaluate(report, options)
     ]
+    return report
+
+
+def main() -> None:
+    options, as_json = parse_options()
+    report = measure(options, " ".join(["python -m bench.bot_load", *sys.argv[1:]]))
     print(json.dumps(report) if as_json else render(report))
 
 

@@ -127,14 +127,15 @@ async def test_every_backend_slot_can_stream_at_once_past_a_hundred(
     settings, fake_ember: FakeEmber, alice
 ):
     slots = 120  # more than httpx's usual pool of 100 connections
-    async with open_context(relaxed(settings, backend_max_concurrency=slots)) as ctx:
+    wide = relaxed(settings, backend_max_concurrency=slots, ember_model=fake_ember.model)
+    async with open_context(wide) as ctx:
         channels = [SessionKey("t", "w", f"c{n}") for n in range(slots)]
         for channel in channels:
             await ctx.service.active_variant(channel)
         fake_ember.latency = Latency(first_token=3.0)  # all replies overlap: none can end early
         turns = await asyncio.gather(*(chat_turn(ctx, c, alice, "hi") for c in channels))
     assert all(t.result is not None and t.result.error is None for t in turns)
-    assert fake_ember.connection_count == slots  # no stream waited for another's connection
+    assert fake_ember.connection_count >= slots  # no stream waited for another's connection
 
 
 async def test_slots_hand_over_in_order_and_survive_cancelled_waiters():
