@@ -40,3 +40,14 @@ async def test_invalid_settings_fail_with_one_line_per_problem(tmp_path, fake_em
         "config error: DATABASE_URL: must look like sqlite:///path/to/file.db (got 'postgres://x')",
         "config error: TEMPERATURE: Input should be less than or equal to 2 (got '3')",
     ]
+
+
+async def test_serve_tiny_demo_works_offline_in_one_command(tmp_path):
+    env = console_env(tmp_path, None) | {"HF_HUB_OFFLINE": "1"}
+    script = "/steer pirate speech 0.8\nhello\n/inspect\n"
+    code, out, err = await run_console(script, env, "--serve", "tiny", cwd=tmp_path)
+    assert code == 0, err
+    assert '"pirate speech" (#37) +0.80' in out
+    reply = out.split("bot> ", 1)[1].split("\n", 1)[0]
+    assert any(word in reply.lower() for word in ("ahoy", "matey", "arr", "treasure", "ye"))
+    assert "Top features in the last exchange" in out and "pirate speech" in out.split("Top")[1]
