@@ -12,6 +12,7 @@ import logging
 import math
 import shlex
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
@@ -238,21 +239,23 @@ def parse_number(name: str, raw: Any) -> float:
 async def run_command(ctx: CommandContext, command: Command, invocation: Invocation) -> Reply:
     """Check permission and rate limits, run the handler, turn every failure into a short reply.
 
-    Steering commands (Permission.STEER) count against the steering rate limits. Commands are
+    Steering commands (Permission.STEER) count against the steering rate limits and run one at
+    a time per channel, so concurrent changes cannot lose each other. Commands are
     refused once shutdown begins, and cut short if still running when its grace period ends.
     """
-    if command.permission is Permission.STEER and not invocation.can_steer:
+    changes_state = command.permission is Permission.STEER
+    if changes_state and not invocation.can_steer:
         return error_reply(f"You don't have permission to use /{command.name} in this channel.")
     service = ctx.service
     with log_context(session=str(invocation.session)):
         try:
-            if command.permission is Permission.STEER:
+            if changes_state:
                 service.admit_steering(invocation.session, invocation.actor)
-            async with service.lifecycle.track(), service.lifecycle.interruptible():
-                if command.permission is not Permission.STEER:
-                    return await command.handler(ctx, invocation)
-                async with service.changing_state(invocation.session):
-                    return await command.handler(ctx, invocation)
+            exclusive = (
+                service.changing_state(invocation.session) if changes_state else nullcontext()
+            )
+            async with service.lifecycle.track(), service.lifecycle.interruptible(), exclusive:
+                return await command.handler(ctx, invocation)
         except EmberBotError as error:
             service.metrics.error(error)
             return error_reply(error.user_message)
