@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from bot.settings import Settings
 from tests.fake_ember import FakeEmber
 
 
@@ -30,9 +31,16 @@ async def run_console(
     return process.returncode or 0, out.decode(), err.decode()
 
 
+def hermetic_env() -> dict[str, str]:
+    """This process's environment without any ember-bot setting, so a child process sees only
+    the settings a test gives it."""
+    names = {name.upper() for name in Settings.model_fields}
+    return {k: v for k, v in os.environ.items() if k.upper() not in names}
+
+
 def console_env(tmp_path: Path, fake: FakeEmber | None) -> dict[str, str]:
-    """The environment minus any real backend settings, with a database in `tmp_path`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOODFIRE_", "EMBER_"))}
+    """No ember-bot settings but a database in `tmp_path` and, if given, the fake backend."""
+    env = hermetic_env()
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'console.db'}"
     if fake is not None:
         env |= {"GOODFIRE_BASE_URL": fake.base_url, "GOODFIRE_API_KEY": fake.api_key}

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
+from tests.console_helpers import hermetic_env
+
 
 def run(tmp_path, **env_vars: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SLACK", "DISCORD", "GOODFIRE"))
-    }
-    env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}", **env_vars}
+    env = hermetic_env() | {"DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}", **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "bot", "run"],
         cwd=tmp_path,

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 
+from tests.console_helpers import hermetic_env
+
 
 def run_doctor(cwd, env_file: str) -> subprocess.CompletedProcess[str]:
     (cwd / ".env").write_text(env_file)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.isupper() and not k.startswith(("GOODFIRE", "SLACK", "DISCORD", "EMBER", "DATABASE"))
-    }
     return subprocess.run(
         [sys.executable, "-m", "bot", "doctor"],
         cwd=cwd,
-        env=env,
+        env=hermetic_env(),
         capture_output=True,
         text=True,
         timeout=60,
