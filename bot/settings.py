@@ -21,6 +21,12 @@ class SettingsError(Exception):
         self.problems = problems
 
 
+def http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -64,12 +70,10 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="Overall deadline for one backend call, with retries."
     )
 
-    @field_validator("goodfire_base_url")
+    @field_validator("goodfire_base_url", "discord_api_base")
     @classmethod
     def _base_url_is_http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return http_url(value).rstrip("/")
 
     @field_validator("ember_model")
     @classmethod
@@ -130,9 +134,7 @@ class Settings(BaseSettings):
     @field_validator("slack_api_url")
     @classmethod
     def _slack_api_url_is_http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/") + "/"
+        return http_url(value).rstrip("/") + "/"  # slack_sdk joins method names onto it
 
     @field_validator("slack_command_prefix")
     @classmethod
@@ -186,13 +188,6 @@ class Settings(BaseSettings):
         description="Comma-separated channel IDs where the bot answers every message "
         "(turns on the privileged Message Content intent; enable it in the Developer Portal).",
     )
-
-    @field_validator("discord_api_base")
-    @classmethod
-    def _discord_api_base_is_http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
     @field_validator("discord_dev_guild_ids", "discord_listen_channel_ids")
     @classmethod
