@@ -17,14 +17,14 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from bot.commands import CommandContext, Invocation, run_text_command
-from bot.confirmations import answer
-from bot.errors import UNEXPECTED_ERROR, EmberBotError
-from bot.handlers import steering_footer
-from bot.ratelimit import queued_message
-from bot.render import render_reply_text
-from bot.replies import Attachment, Confirmation, Reply, StreamedColumns
-from bot.service import Actor, SessionKey
+from bot.commands.confirmations import answer
+from bot.commands.handlers import steering_footer
+from bot.commands.registry import CommandContext, Invocation, run_text_command
+from bot.commands.render import render_reply_text
+from bot.commands.replies import Attachment, Confirmation, Reply, StreamedColumns
+from bot.domain.errors import UNEXPECTED_ERROR, EmberBotError
+from bot.usecases.ratelimit import queued_message
+from bot.usecases.service import Actor, SessionKey
 
 PROMPT = "you> "
 log = logging.getLogger(__name__)

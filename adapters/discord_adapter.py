@@ -26,7 +26,7 @@ from adapters.discord_commands import SlashCommands
 from adapters.discord_confirm import ConfirmationButtons
 from adapters.discord_render import NO_PINGS
 from adapters.discord_replies import FollowUps
-from bot.commands import CommandContext
+from bot.commands.registry import CommandContext
 from bot.settings import NO_BACKEND_HELP, Settings, load_settings_or_report
 
 log = logging.getLogger(__name__)

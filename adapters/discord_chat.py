@@ -20,12 +20,12 @@ import discord
 from adapters.discord_access import actor_for, session_key
 from adapters.discord_render import DISCORD_LIMITS, NO_PINGS
 from adapters.streaming import StreamingMessage, ended_early_note
-from bot.commands import CommandContext
-from bot.errors import UNEXPECTED_ERROR, UserInputError
-from bot.handlers import steering_footer
-from bot.lifecycle import ShuttingDownError
-from bot.ratelimit import queued_message
-from bot.service import Actor, SessionKey
+from bot.commands.handlers import steering_footer
+from bot.commands.registry import CommandContext
+from bot.domain.errors import UNEXPECTED_ERROR, UserInputError
+from bot.ops.lifecycle import ShuttingDownError
+from bot.usecases.ratelimit import queued_message
+from bot.usecases.service import Actor, SessionKey
 
 log = logging.getLogger(__name__)
 

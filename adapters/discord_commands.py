@@ -21,7 +21,7 @@ from discord import app_commands
 
 from adapters.discord_access import actor_for, can_steer, session_key
 from adapters.discord_replies import FollowUps, answer_now
-from bot.commands import (
+from bot.commands.registry import (
     Arg,
     Command,
     CommandContext,
@@ -30,10 +30,10 @@ from bot.commands import (
     coerce_options,
     run_command,
 )
-from bot.errors import EmberBotError, UserInputError
-from bot.lifecycle import ShuttingDownError
-from bot.render import shorten
-from bot.replies import error_reply
+from bot.commands.render import shorten
+from bot.commands.replies import error_reply
+from bot.domain.errors import EmberBotError, UserInputError
+from bot.ops.lifecycle import ShuttingDownError
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import discord
 from adapters.discord_access import actor_for, can_steer, session_key
 from adapters.discord_render import NO_PINGS, render_reply, truncate
 from adapters.discord_replies import answer_now
-from bot.commands import CommandContext, Invocation
-from bot.confirmations import EXPIRED, answer
-from bot.lifecycle import ShuttingDownError
-from bot.render import shorten
-from bot.replies import Confirmation, Reply, error_reply
+from bot.commands.confirmations import EXPIRED, answer
+from bot.commands.registry import CommandContext, Invocation
+from bot.commands.render import shorten
+from bot.commands.replies import Confirmation, Reply, error_reply
+from bot.ops.lifecycle import ShuttingDownError
 
 CUSTOM_ID = "ember:confirm:{choice}:{token}"
 TEMPLATE = r"ember:confirm:(?P<choice>accept|reject):(?P<token>[^:]+)"

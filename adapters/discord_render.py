@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import discord
 
 from adapters.streaming import FENCE, Column, PlatformLimits, fit_column
-from bot.render import render_table, shorten
-from bot.replies import Reply, Table
+from bot.commands.render import render_table, shorten
+from bot.commands.replies import Reply, Table
 
 MESSAGE_LIMIT = 2000
 MAX_TABLE_ROWS = 25

@@ -19,8 +19,8 @@ from discord.utils import MISSING
 from adapters.discord_chat import FAILURE_NOTE
 from adapters.discord_render import NO_PINGS, column_embeds, render_reply, reply_file, with_prompt
 from adapters.streaming import Column, StreamingColumns, ended_early_note
-from bot.errors import EmberBotError
-from bot.replies import Confirmation, Reply, StreamedColumns
+from bot.commands.replies import Confirmation, Reply, StreamedColumns
+from bot.domain.errors import EmberBotError
 
 Clock = Callable[[], float]
 ViewFor = Callable[[Confirmation], discord.ui.View]

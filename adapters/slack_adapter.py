@@ -37,8 +37,8 @@ from adapters.slack_manifest import build_manifest, manifest_yaml
 from adapters.slack_permissions import SteerPermissions
 from adapters.slack_render import SlackRenderer
 from adapters.slack_replies import SlackReplies
-from bot.commands import CommandContext
-from bot.handlers import build_registry
+from bot.commands.handlers import build_registry
+from bot.commands.registry import CommandContext
 from bot.settings import Settings, load_settings_or_report
 
 log = logging.getLogger(__name__)

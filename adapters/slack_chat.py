@@ -27,11 +27,11 @@ from adapters.streaming import (
     split_for_limit,
     utf8_length,
 )
-from bot.commands import CommandContext
-from bot.errors import UNEXPECTED_ERROR, UserInputError
-from bot.handlers import steering_footer
-from bot.lifecycle import ShuttingDownError
-from bot.service import Actor, SessionKey
+from bot.commands.handlers import steering_footer
+from bot.commands.registry import CommandContext
+from bot.domain.errors import UNEXPECTED_ERROR, UserInputError
+from bot.ops.lifecycle import ShuttingDownError
+from bot.usecases.service import Actor, SessionKey
 
 log = logging.getLogger(__name__)
 

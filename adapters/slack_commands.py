@@ -32,18 +32,18 @@ from adapters.slack_render import (
     without_buttons,
 )
 from adapters.slack_replies import ReplyTarget, Respond, SlackReplies, respond_message
-from bot.commands import (
+from bot.commands.confirmations import EXPIRED, answer
+from bot.commands.registry import (
     CommandContext,
     Invocation,
     coerce_options,
     run_command,
     run_text_command,
 )
-from bot.confirmations import EXPIRED, answer
-from bot.errors import UserInputError
-from bot.lifecycle import ShuttingDownError
-from bot.replies import Reply, error_reply
-from bot.service import Actor, SessionKey
+from bot.commands.replies import Reply, error_reply
+from bot.domain.errors import UserInputError
+from bot.ops.lifecycle import ShuttingDownError
+from bot.usecases.service import Actor, SessionKey
 
 log = logging.getLogger(__name__)
 

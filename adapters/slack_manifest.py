@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from bot.commands import Command, Registry
+from bot.commands.registry import Command, Registry
 
 BOT_SCOPES = (
     "app_mentions:read",

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.streaming import Column, fit_column
-from bot.models import FeatureRef
-from bot.render import render_table, shorten
-from bot.replies import Confirmation, Reply, Table
+from bot.commands.render import render_table, shorten
+from bot.commands.replies import Confirmation, Reply, Table
+from bot.domain.types import FeatureRef
 
 SECTION_LIMIT = 3_000  # characters of mrkdwn in one section block
 MAX_BLOCKS = 50

@@ -22,8 +22,8 @@ from slack_sdk.webhook.webhook_response import WebhookResponse
 from adapters.slack_chat import FAILED_NOTE, NO_LINKING
 from adapters.slack_render import SlackMessage, SlackRenderer, escape
 from adapters.streaming import Column, StreamingColumns, ended_early_note
-from bot.errors import EmberBotError
-from bot.replies import Attachment, Reply
+from bot.commands.replies import Attachment, Reply
+from bot.domain.errors import EmberBotError
 
 log = logging.getLogger(__name__)
 

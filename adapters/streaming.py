@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from bot.errors import EmberBotError, GenerationAbortedError, UserInputError
-from bot.replies import DeltaSink
+from bot.commands.replies import DeltaSink
+from bot.domain.errors import EmberBotError, GenerationAbortedError, UserInputError
 
 log = logging.getLogger(__name__)
 ColumnsRun = Callable[[DeltaSink], Awaitable[list[tuple[str, EmberBotError | None]]]]

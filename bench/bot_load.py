@@ -48,14 +48,14 @@ from bench.common import (
     rss_mb,
 )
 from bot.app import freeze_startup_objects, open_context
-from bot.commands import CommandContext
-from bot.conversation import speaker_line
-from bot.errors import EmberBotError, UserInputError
-from bot.handlers import steering_footer
-from bot.logs import configure_logging
-from bot.models import FeatureEdit, FeatureRef, VariantState
-from bot.service import Actor, SessionKey
+from bot.commands.handlers import steering_footer
+from bot.commands.registry import CommandContext
+from bot.domain.errors import EmberBotError, UserInputError
+from bot.domain.types import FeatureEdit, FeatureRef, VariantState
+from bot.ops.logs import configure_logging
 from bot.settings import Settings
+from bot.usecases.conversation import speaker_line
+from bot.usecases.service import Actor, SessionKey
 from storage.store import DEFAULT_VARIANT, Store, StoredMessage
 from tests.fake_ember import DEFAULT_CATALOG, FakeEmber, Latency
 from tests.reliability_helpers import loop_watch, relaxed

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import goodfire
 
 from bench.common import format_table, summary_ms
-from bot.ember import EmberGateway
+from bot.backend.gateway import EmberGateway
 from tests.fake_ember import FakeEmber
 
 Search = Callable[[], Awaitable[object]]

@@ -2,7 +2,7 @@
 
 `run_app(settings, main)` is how an adapter runs for real: the context, the metrics endpoint
 (when METRICS_PORT is set), and graceful shutdown on SIGTERM/SIGINT around the adapter's
-`main(ctx)` coroutine. Call `bot.logs.configure_logging(settings)` before it, once per process.
+`main(ctx)` coroutine. Call `bot.ops.logs.configure_logging(settings)` before it, once per process.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bot.breaker import CircuitBreaker
-from bot.commands import CommandContext
-from bot.ember import EmberGateway, RetryPolicy
-from bot.handlers import build_registry
-from bot.logs import configure_logging
-from bot.metrics import Metrics
-from bot.monitoring import MonitoringServer
-from bot.service import EmberService
+from bot.backend.breaker import CircuitBreaker
+from bot.backend.gateway import EmberGateway, RetryPolicy
+from bot.commands.handlers import build_registry
+from bot.commands.registry import CommandContext
+from bot.ops.logs import configure_logging
+from bot.ops.metrics import Metrics
+from bot.ops.monitoring import MonitoringServer
 from bot.settings import Settings
+from bot.usecases.service import EmberService
 from storage.store import Store
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.models import FeatureEdit, FeatureRef, Guard, VariantState
+from bot.domain.types import FeatureEdit, FeatureRef, Guard, VariantState
 from storage.migrations import MIGRATIONS
 
 DEFAULT_VARIANT = "default"

@@ -1,4 +1,4 @@
-"""Running the console as a user does: a real `python -m bot console` process with piped stdin."""
+"""Running the console as a user does: a real `python -m adapters console` process with piped stdin."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from tests.fake_ember import FakeEmber
 async def run_console(
     stdin: str, env: dict[str, str], *args: str, cwd: Path | None = None
 ) -> tuple[int, str, str]:
-    """A scripted `python -m bot console` session: exit status, stdout, stderr."""
+    """A scripted `python -m adapters console` session: exit status, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot",
+        "adapters",
         "console",
         *args,
         stdin=asyncio.subprocess.PIPE,

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.streaming import PlatformLimits, StreamingMessage
-from bot.commands import CommandContext
-from bot.errors import UserInputError
-from bot.handlers import steering_footer
-from bot.lifecycle import ShuttingDownError
-from bot.ratelimit import QueueCallback
-from bot.service import Actor, ChatResult, SessionKey
+from bot.commands.handlers import steering_footer
+from bot.commands.registry import CommandContext
+from bot.domain.errors import UserInputError
+from bot.ops.lifecycle import ShuttingDownError
 from bot.settings import Settings
+from bot.usecases.ratelimit import QueueCallback
+from bot.usecases.service import Actor, ChatResult, SessionKey
 
 WRITING_MARKER = " ▌"
 UNLIMITED = {

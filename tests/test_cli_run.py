@@ -11,7 +11,7 @@ from tests.console_helpers import hermetic_env
 def run(tmp_path, **env_vars: str) -> subprocess.CompletedProcess[str]:
     env = hermetic_env() | {"DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}", **env_vars}
     return subprocess.run(
-        [sys.executable, "-m", "bot", "run"],
+        [sys.executable, "-m", "adapters", "run"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

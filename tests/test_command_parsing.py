@@ -2,12 +2,12 @@
 
 import pytest
 
-from bot.commands import coerce_options
-from bot.conversation import build_messages
-from bot.errors import UserInputError
-from bot.handlers import build_registry, parse_batch
-from bot.render import bar, render_table
-from bot.replies import Table, TableRow
+from bot.commands.handlers import build_registry, parse_batch
+from bot.commands.registry import coerce_options
+from bot.commands.render import bar, render_table
+from bot.commands.replies import Table, TableRow
+from bot.domain.errors import UserInputError
+from bot.usecases.conversation import build_messages
 from storage.store import StoredMessage
 
 REGISTRY = build_registry()
@@ -16,7 +16,7 @@ REGISTRY = build_registry()
 def parse(line: str) -> tuple[str, dict]:
     command, text = REGISTRY.resolve_text(line)
     parser = command.parse_text
-    from bot.commands import parse_positional
+    from bot.commands.registry import parse_positional
 
     return command.name, (parser or parse_positional)(command, text)
 

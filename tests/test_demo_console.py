@@ -1,4 +1,4 @@
-"""Issue #9 through the console adapter as a user runs it: `python -m bot console` with piped
+"""Issue #9 through the console adapter as a user runs it: `python -m adapters console` with piped
 stdin, against FakeEmber and against the tiny preset server."""
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from bot.app import open_context
-from bot.commands import (
+from bot.commands.confirmations import ProposalBook, answer, proposals
+from bot.commands.handlers import build_registry, steering_footer
+from bot.commands.registry import (
     Command,
     CommandContext,
     Invocation,
@@ -22,13 +24,11 @@ from bot.commands import (
     run_command,
     run_text_command,
 )
-from bot.confirmations import ProposalBook, answer, proposals
-from bot.demo import tokens_by_message
-from bot.errors import GenerationAbortedError
-from bot.handlers import build_registry, steering_footer
-from bot.models import ChatMessage, FeatureEdit, FeatureRef, Guard, TokenActivation
-from bot.replies import Reply
-from bot.service import Actor, SessionKey
+from bot.commands.replies import Reply
+from bot.domain.errors import GenerationAbortedError
+from bot.domain.types import ChatMessage, FeatureEdit, FeatureRef, Guard, TokenActivation
+from bot.usecases.compare import tokens_by_message
+from bot.usecases.service import Actor, SessionKey
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.fake_ember import FakeEmber, Fault

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from bot.cli import build_parser
+from adapters.cli import build_parser
 from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

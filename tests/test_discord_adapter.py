@@ -19,9 +19,9 @@ from discord.http import Route
 
 from adapters.discord_adapter import EmberDiscordBot
 from bot.app import open_context
-from bot.commands import Command, CommandContext
-from bot.service import Actor, SessionKey
+from bot.commands.registry import Command, CommandContext
 from bot.settings import Settings
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_discord import (
     APPLICATION_ID,
     DM_CHANNEL,

@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from adapters.discord_adapter import EmberDiscordBot
-from bot.confirmations import proposals
+from bot.commands.confirmations import proposals
 from tests import test_discord_adapter as adapter_tests
 from tests.fake_discord import (
     APPLICATION_ID,

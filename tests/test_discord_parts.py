@@ -13,7 +13,7 @@ from adapters.discord_render import (
     truncate,
 )
 from adapters.streaming import CUT_NOTE, Column
-from bot.replies import Reply, Table, TableRow
+from bot.commands.replies import Reply, Table, TableRow
 from bot.settings import Settings
 
 

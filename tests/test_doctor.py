@@ -12,7 +12,7 @@ from tests.console_helpers import hermetic_env
 def run_doctor(cwd, env_file: str) -> subprocess.CompletedProcess[str]:
     (cwd / ".env").write_text(env_file)
     return subprocess.run(
-        [sys.executable, "-m", "bot", "doctor"],
+        [sys.executable, "-m", "adapters", "doctor"],
         cwd=cwd,
         env=hermetic_env(),
         capture_output=True,

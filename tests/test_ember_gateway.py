@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.ember import FALLBACK_MODEL, EmberGateway, PooledHTTP, RetryPolicy, SSEDecoder
-from bot.errors import (
+from bot.backend.gateway import FALLBACK_MODEL, EmberGateway, PooledHTTP, RetryPolicy, SSEDecoder
+from bot.domain.errors import (
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -26,7 +26,7 @@ from bot.errors import (
     RateLimitedError,
     UnauthorizedError,
 )
-from bot.models import ChatMessage, FeatureEdit, FeatureRef, SamplingOptions
+from bot.domain.types import ChatMessage, FeatureEdit, FeatureRef, SamplingOptions
 from tests.fake_ember import FakeEmber, Fault, tokenize
 from tests.reliability_helpers import loop_watch
 

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from bot.app import open_context
-from bot.breaker import CircuitBreaker
-from bot.ember import EmberGateway, RetryPolicy
-from bot.errors import BackendUnavailableError, RateLimitedError
-from bot.service import Actor, SessionKey
+from bot.backend.breaker import CircuitBreaker
+from bot.backend.gateway import EmberGateway, RetryPolicy
+from bot.domain.errors import BackendUnavailableError, RateLimitedError
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.reliability_helpers import chat_turn, relaxed
 

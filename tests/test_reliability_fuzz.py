@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import open_context
-from bot.commands import (
+from bot.commands.handlers import build_registry
+from bot.commands.registry import (
     Command,
     CommandContext,
     Invocation,
@@ -25,10 +26,9 @@ from bot.commands import (
     run_command,
     run_text_command,
 )
-from bot.errors import UserInputError
-from bot.handlers import build_registry
-from bot.service import Actor, SessionKey
+from bot.domain.errors import UserInputError
 from bot.settings import Settings
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber
 from tests.reliability_helpers import database_rows, relaxed
 

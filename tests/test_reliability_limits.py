@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.app import open_context
-from bot.commands import CommandContext, run_text_command
-from bot.errors import UserInputError
-from bot.ratelimit import BackendBusyError, BackendSlots, Rate, RateLimiter, SlowDownError
-from bot.service import Actor, SessionKey
+from bot.commands.registry import CommandContext, run_text_command
+from bot.domain.errors import UserInputError
 from bot.settings import Settings
+from bot.usecases.ratelimit import BackendBusyError, BackendSlots, Rate, RateLimiter, SlowDownError
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber, Fault, Latency
 from tests.reliability_helpers import chat_turn, database_rows, relaxed
 

@@ -17,10 +17,10 @@ import pytest
 from pydantic import SecretStr
 
 from bot.app import open_context, run_app
-from bot.commands import CommandContext, run_text_command
-from bot.logs import REDACTED, Redactor, configure_logging
-from bot.service import Actor, SessionKey
+from bot.commands.registry import CommandContext, run_text_command
+from bot.ops.logs import REDACTED, Redactor, configure_logging
 from bot.settings import Settings
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.reliability_helpers import chat_turn, relaxed
 

@@ -10,9 +10,9 @@ import sqlite3
 import sys
 
 from bot.app import open_context
-from bot.commands import run_text_command
-from bot.lifecycle import Lifecycle, ShuttingDownError
-from bot.service import Actor, SessionKey
+from bot.commands.registry import run_text_command
+from bot.ops.lifecycle import Lifecycle, ShuttingDownError
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import Fault
 from tests.reliability_helpers import WRITING_MARKER, RecordingSink, chat_turn, relaxed
 
@@ -97,7 +97,7 @@ CHILD = """
 import asyncio
 from adapters.console import run_console
 from bot.app import run_app
-from bot.logs import configure_logging
+from bot.ops.logs import configure_logging
 from bot.settings import load_settings
 
 settings = load_settings()

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from bot.app import open_context
-from bot.errors import BackendTimeoutError, BackendUnavailableError, RateLimitedError
-from bot.handlers import steering_footer
-from bot.service import Actor, SessionKey
+from bot.commands.handlers import steering_footer
+from bot.domain.errors import BackendTimeoutError, BackendUnavailableError, RateLimitedError
 from bot.settings import Settings
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.reliability_helpers import WRITING_MARKER, Turn, chat_turn, loop_watch, relaxed
 

@@ -9,9 +9,9 @@ import sqlite3
 import goodfire
 import pytest
 
-from bot.commands import CommandContext, run_text_command
-from bot.errors import BackendUnavailableError, DeliveryFailedError, UserInputError
-from bot.service import Actor, SessionKey
+from bot.commands.registry import CommandContext, run_text_command
+from bot.domain.errors import BackendUnavailableError, DeliveryFailedError, UserInputError
+from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import Fault
 
 
@@ -204,7 +204,7 @@ async def test_concurrent_steering_in_one_channel_keeps_every_confirmed_change(c
 
 
 async def test_channel_locks_are_forgotten_when_idle():
-    from bot.keyed_locks import KeyedLocks
+    from bot.usecases.keyed_locks import KeyedLocks
 
     locks = KeyedLocks()
     order: list[str] = []

@@ -18,9 +18,9 @@ from adapters.slack_chat import MESSAGE_BYTES, TOO_LONG_NOTE
 from adapters.slack_manifest import build_manifest
 from adapters.slack_render import plain_text
 from bot.app import open_context
-from bot.commands import CommandContext
-from bot.service import SessionKey
+from bot.commands.registry import CommandContext
 from bot.settings import Settings
+from bot.usecases.service import SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.fake_slack import (
     FakeSlack,

@@ -15,7 +15,7 @@ import yaml
 from adapters.slack_adapter import SlackBot, SlackSetupError, main
 from adapters.slack_manifest import build_manifest
 from bot.app import open_context
-from bot.handlers import build_registry
+from bot.commands.handlers import build_registry
 from bot.settings import Settings
 from tests.fake_ember import FakeEmber
 from tests.fake_slack import FakeSlack, form_body, settings_for, signed_headers

@@ -16,8 +16,8 @@ from adapters.slack_render import (
     selected_feature,
     table_blocks,
 )
-from bot.models import FeatureRef
-from bot.replies import Reply, Table, TableRow
+from bot.commands.replies import Reply, Table, TableRow
+from bot.domain.types import FeatureRef
 from tests.fake_slack import blocks_are_valid
 
 RENDERER = SlackRenderer("", ("steer", "features", "help"))

@@ -10,9 +10,9 @@ import pytest
 
 from adapters.slack_adapter import SlackBot, socket_mode
 from bot.app import open_context
-from bot.commands import CommandContext
-from bot.service import SessionKey
+from bot.commands.registry import CommandContext
 from bot.settings import Settings
+from bot.usecases.service import SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.fake_slack import FakeSlack, SlackCall, settings_for
 

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from bot.models import FeatureEdit, FeatureRef, VariantState
+from bot.domain.types import FeatureEdit, FeatureRef, VariantState
 from storage.migrations import MIGRATIONS
 from storage.store import DEFAULT_VARIANT, Store
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bot.commands import (
+from bot.commands.registry import (
     Arg,
     Command,
     CommandContext,
@@ -16,10 +16,10 @@ from bot.commands import (
     parse_number,
     split_words,
 )
-from bot.errors import UserInputError
-from bot.models import FeatureActivation, FeatureEdit, FeatureRef, VariantState
-from bot.replies import Attachment, Reply, Table, TableRow
-from bot.service import INDEX_QUERY, validate_steering_value
+from bot.commands.replies import Attachment, Reply, Table, TableRow
+from bot.domain.errors import UserInputError
+from bot.domain.types import FeatureActivation, FeatureEdit, FeatureRef, VariantState
+from bot.usecases.service import INDEX_QUERY, validate_steering_value
 
 TOP_ARG = Arg(
     "top", "How many features to show (1-50)", kind="integer", required=False, minimum=1, maximum=50
@@ -241,7 +241,7 @@ async def help_command(ctx: CommandContext, inv: Invocation) -> Reply:
 
 
 def build_registry() -> Registry:
-    from bot.demo_handlers import demo_commands  # they build on this module's helpers
+    from bot.commands.demo_handlers import demo_commands  # they build on this module's helpers
 
     registry = Registry(
         group_defaults={"features": "show", "guard": "set", "history": "steering"},

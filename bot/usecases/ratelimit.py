@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from bot.errors import UserInputError
+from bot.domain.errors import UserInputError
 
 Clock = Callable[[], float]
 QueueCallback = Callable[[int], Awaitable[None]]

@@ -1,7 +1,7 @@
 """Guards: a channel's active variant stops generating once a feature fires above a threshold.
 
 A guard is stored on the variant (so it follows /variant use and copies) and sent with every
-chat request as an abort scope (see `bot.ember.guard_scope`); the reply then ends with
+chat request as an abort scope (see `bot.backend.gateway.guard_scope`); the reply then ends with
 GenerationAbortedError naming the guard. Exports carry edits only: the SDK's `Variant.json()`
 does not round-trip conditional scopes (ember-api.md §3.8).
 """
@@ -12,11 +12,11 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from bot.errors import UserInputError
-from bot.models import Guard, VariantState, named_feature
+from bot.domain.errors import UserInputError
+from bot.domain.types import Guard, VariantState, named_feature
 
 if TYPE_CHECKING:
-    from bot.service import Actor, EmberService, SessionKey
+    from bot.usecases.service import Actor, EmberService, SessionKey
     from storage.store import Store
 
 MAX_THRESHOLD = 1_000_000.0

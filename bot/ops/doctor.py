@@ -6,8 +6,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-from bot.ember import EmberGateway
-from bot.errors import EmberBotError
+from bot.backend.gateway import EmberGateway
+from bot.domain.errors import EmberBotError
 from bot.settings import Settings
 from storage.health import database_problem
 from storage.store import Store

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
-from bot.errors import UNEXPECTED_ERROR, EmberBotError, UserInputError
-from bot.logs import log_context
-from bot.replies import Reply, error_reply
-from bot.service import clean_text
+from bot.commands.replies import Reply, error_reply
+from bot.domain.errors import UNEXPECTED_ERROR, EmberBotError, UserInputError
+from bot.ops.logs import log_context
+from bot.usecases.service import clean_text
 
 if TYPE_CHECKING:
-    from bot.service import Actor, EmberService, SessionKey
     from bot.settings import Settings
+    from bot.usecases.service import Actor, EmberService, SessionKey
 
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from bot.errors import EmberBotError
-from bot.models import FeatureRef
+from bot.domain.errors import EmberBotError
+from bot.domain.types import FeatureRef
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Attachment:
 class Confirmation:
     """A yes/no question: buttons on Discord and Slack, a y/n prompt in the console.
 
-    The adapter passes `token` back to `bot.confirmations.answer(...)` with the user's choice.
+    The adapter passes `token` back to `bot.commands.confirmations.answer(...)` with the user's choice.
     """
 
     token: str

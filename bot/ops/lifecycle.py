@@ -22,7 +22,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Iterator
 
-from bot.errors import UserInputError
+from bot.domain.errors import UserInputError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Requests the goodfire SDK handles correctly (search, lookup, inspect, label fetch) go through
 `goodfire.AsyncClient`, but its per-request HTTP wrappers are replaced by `PooledHTTP`: one shared
 `httpx.AsyncClient` (the SDK builds a new one per request, ~21 ms of CPU each), no blocking
-`time.sleep` retries, and every failure mapped to `bot.errors`. Chat streams are posted and parsed
+`time.sleep` retries, and every failure mapped to `bot.domain.errors`. Chat streams are posted and parsed
 here, because the SDK's stream parser breaks on ordinary SSE framing (ember-api.md §3.3-3.4).
 
 Retries: 429, 5xx, timeouts and connection errors are retried with jittered exponential backoff
@@ -40,8 +40,8 @@ import goodfire
 import httpx
 from goodfire.api.exceptions import GoodfireBaseException
 
-from bot.breaker import CircuitBreaker
-from bot.errors import (
+from bot.backend.breaker import CircuitBreaker
+from bot.domain.errors import (
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -52,7 +52,7 @@ from bot.errors import (
     RateLimitedError,
     UnauthorizedError,
 )
-from bot.models import (
+from bot.domain.types import (
     ChatMessage,
     FeatureActivation,
     FeatureEdit,

@@ -8,14 +8,14 @@ import random
 import re
 from typing import TYPE_CHECKING
 
-from bot.errors import EmberBotError
-from bot.models import ChatMessage, TokenActivation, VariantState
-from bot.replies import DeltaSink
+from bot.commands.replies import DeltaSink
+from bot.domain.errors import EmberBotError
+from bot.domain.types import ChatMessage, TokenActivation, VariantState
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from bot.service import EmberService
+    from bot.usecases.service import EmberService
 
 ColumnResult = tuple[str, EmberBotError | None]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.models import ChatMessage
+from bot.domain.types import ChatMessage
 from storage.store import StoredMessage
 
 MAX_API_MESSAGES = 128  # the Ember API's limit, our system prompt included

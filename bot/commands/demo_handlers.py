@@ -1,5 +1,5 @@
 """Demo commands: /compare, /autosteer, /inspect with charts and per-token views, /guard and
-/history steering. `demo_commands()` hands their specs to `bot.handlers.build_registry`."""
+/history steering. `demo_commands()` hands their specs to `bot.commands.handlers.build_registry`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ import asyncio
 import time
 from typing import Any
 
-from bot import charts
-from bot.commands import (
+from bot.commands import charts
+from bot.commands.confirmations import PROPOSAL_TTL, proposals
+from bot.commands.handlers import (
+    STEER_EXAMPLES,
+    TOP_ARG,
+    activation_table,
+    edits_summary,
+    feature_name,
+)
+from bot.commands.registry import (
     Arg,
     Command,
     CommandContext,
@@ -17,20 +25,12 @@ from bot.commands import (
     coerce_options,
     split_words,
 )
-from bot.confirmations import PROPOSAL_TTL, proposals
-from bot.demo import compare_run, tokens_by_message
-from bot.errors import UserInputError
-from bot.guards import MAX_THRESHOLD
-from bot.handlers import (
-    STEER_EXAMPLES,
-    TOP_ARG,
-    activation_table,
-    edits_summary,
-    feature_name,
-)
-from bot.models import FeatureRef, TokenActivation
-from bot.render import shorten
-from bot.replies import Attachment, Confirmation, Reply, StreamedColumns, Table, TableRow
+from bot.commands.render import shorten
+from bot.commands.replies import Attachment, Confirmation, Reply, StreamedColumns, Table, TableRow
+from bot.domain.errors import UserInputError
+from bot.domain.types import FeatureRef, TokenActivation
+from bot.usecases.compare import compare_run, tokens_by_message
+from bot.usecases.guards import MAX_THRESHOLD
 from storage.store import AuditEntry
 
 HISTORY_LIMIT = 20

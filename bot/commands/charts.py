@@ -15,8 +15,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bot.models import TokenActivation
-from bot.render import shorten
+from bot.commands.render import shorten
+from bot.domain.types import TokenActivation
 
 # Labels and model text may hold characters the bundled font lacks; a box is fine, a warning
 # per glyph in the logs is not.

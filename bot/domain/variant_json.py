@@ -6,8 +6,8 @@ import json
 import math
 from typing import Any
 
-from bot.errors import UserInputError
-from bot.models import FeatureEdit, FeatureRef, VariantState
+from bot.domain.errors import UserInputError
+from bot.domain.types import FeatureEdit, FeatureRef, VariantState
 
 
 def to_sdk_json(variant: VariantState) -> dict[str, Any]:

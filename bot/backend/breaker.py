@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from bot.errors import BackendError, BackendTimeoutError, BackendUnavailableError
+from bot.domain.errors import BackendError, BackendTimeoutError, BackendUnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-from bot.commands import Command, CommandContext, Invocation, Permission, run_command
-from bot.errors import UserInputError
-from bot.models import FeatureEdit
-from bot.replies import Reply, error_reply
+from bot.commands.registry import Command, CommandContext, Invocation, Permission, run_command
+from bot.commands.replies import Reply, error_reply
+from bot.domain.errors import UserInputError
+from bot.domain.types import FeatureEdit
 
 if TYPE_CHECKING:
-    from bot.service import Actor, EmberService, SessionKey
+    from bot.usecases.service import Actor, EmberService, SessionKey
 
 PROPOSAL_TTL = 15 * 60.0
 MAX_PENDING = 500

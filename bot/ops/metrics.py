@@ -1,6 +1,6 @@
 """Prometheus metrics: chat turns, latency, errors, refusals, queue depth, active streams.
 
-Each `Metrics` has its own registry; bot.monitoring serves it over HTTP.
+Each `Metrics` has its own registry; bot.ops.monitoring serves it over HTTP.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from bot.ratelimit import RefusedError
+from bot.usecases.ratelimit import RefusedError
 
 if TYPE_CHECKING:
-    from bot.breaker import CircuitBreaker
-    from bot.ratelimit import BackendSlots
+    from bot.backend.breaker import CircuitBreaker
+    from bot.usecases.ratelimit import BackendSlots
 
 FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 REPLY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)

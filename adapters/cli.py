@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings is None:
         return 2
     if args.command == "doctor":
-        from bot.doctor import run_doctor
+        from bot.ops.doctor import run_doctor
 
         return run_doctor(settings)
     if args.command == "run":
@@ -85,7 +85,7 @@ def _run_platforms(settings: Settings) -> int:
     from adapters.discord_adapter import BAD_TOKEN_HELP
     from adapters.slack_adapter import SlackSetupError
     from bot.app import run_app, run_blocking
-    from bot.commands import CommandContext
+    from bot.commands.registry import CommandContext
 
     platforms, problems = _configured_platforms(settings)
     if not settings.has_backend:
@@ -143,7 +143,7 @@ def _console(settings: Settings, session: str, preset: str | None) -> int:
         except ImportError:
             print(SERVER_EXTRA_HELP, file=sys.stderr)
             return 2
-    from bot.logs import configure_logging
+    from bot.ops.logs import configure_logging
 
     if "log_level" not in settings.model_fields_set:  # keep the terminal for the conversation
         settings = settings.model_copy(update={"log_level": "WARNING"})

@@ -15,19 +15,13 @@ from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from bot.conversation import build_messages
-from bot.errors import (
+from bot.domain.errors import (
     DeliveryFailedError,
     EmberBotError,
     InvalidRequestError,
     UserInputError,
 )
-from bot.guards import Guards
-from bot.keyed_locks import KeyedLocks
-from bot.lifecycle import Lifecycle
-from bot.logs import log_context
-from bot.metrics import Metrics, TurnTimer
-from bot.models import (
+from bot.domain.types import (
     ChatMessage,
     FeatureActivation,
     FeatureEdit,
@@ -36,14 +30,20 @@ from bot.models import (
     TokenActivation,
     VariantState,
 )
-from bot.ratelimit import BackendSlots, QueueCallback, Rate, RateLimiter
+from bot.domain.variant_json import from_sdk_json, to_sdk_json
+from bot.ops.lifecycle import Lifecycle
+from bot.ops.logs import log_context
+from bot.ops.metrics import Metrics, TurnTimer
 from bot.settings import Settings
-from bot.variant_json import from_sdk_json, to_sdk_json
+from bot.usecases.conversation import build_messages
+from bot.usecases.guards import Guards
+from bot.usecases.keyed_locks import KeyedLocks
+from bot.usecases.ratelimit import BackendSlots, QueueCallback, Rate, RateLimiter
 from storage.health import database_problem
 from storage.store import DEFAULT_VARIANT, AuditEntry, Store, StoredMessage
 
 if TYPE_CHECKING:
-    from bot.ember import EmberGateway
+    from bot.backend.gateway import EmberGateway
 
 log = logging.getLogger(__name__)
 
