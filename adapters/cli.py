@@ -9,7 +9,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
-from bot.settings import NO_BACKEND_HELP, Settings, load_settings_or_report
+from adapters.discord.settings import DiscordSettings
+from adapters.slack.settings import SlackSettings
+from bot.settings import NO_BACKEND_HELP, Settings, load_or_report, load_settings_or_report
 
 SERVER_EXTRA_HELP = (
     "The model server needs the 'server' extra: pip install torch==2.13.0 && "
@@ -50,15 +52,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _pass_through(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     settings = load_settings_or_report()
-    if settings is None:
+    if args.command == "console":
+        return 2 if settings is None else _console(settings, args.session, args.serve)
+    slack_settings = load_or_report(SlackSettings)
+    discord_settings = load_or_report(DiscordSettings)
+    if settings is None or discord_settings is None or slack_settings is None:
         return 2
     if args.command == "doctor":
-        from bot.ops.doctor import run_doctor
+        return _doctor(settings, discord_settings, slack_settings)
+    return _run_platforms(settings, discord_settings, slack_settings)
 
-        return run_doctor(settings)
-    if args.command == "run":
-        return _run_platforms(settings)
-    return _console(settings, args.session, args.serve)
+
+def _doctor(
+    settings: Settings, discord_settings: DiscordSettings, slack_settings: SlackSettings
+) -> int:
+    from bot.ops.doctor import PlatformTokens, run_doctor
+
+    tokens = PlatformTokens(
+        discord_bot_token=discord_settings.bot_token,
+        slack_bot_token=slack_settings.bot_token,
+        slack_app_token=slack_settings.app_token,
+        slack_signing_secret=slack_settings.signing_secret,
+    )
+    return run_doctor(settings, tokens)
 
 
 def _pass_through(command: str, argv: list[str]) -> int:
@@ -70,24 +86,26 @@ def _pass_through(command: str, argv: list[str]) -> int:
             return 2
         return serve_main(argv)
     if command == "discord":
-        from adapters.discord_adapter import main as discord_main
+        from adapters.discord.app import main as discord_main
 
         return discord_main(argv)
-    from adapters.slack_adapter import main as slack_main
+    from adapters.slack.app import main as slack_main
 
     return slack_main(argv)
 
 
-def _run_platforms(settings: Settings) -> int:
+def _run_platforms(
+    settings: Settings, discord_settings: DiscordSettings, slack_settings: SlackSettings
+) -> int:
     """Discord and/or Slack in one process, sharing one database and backend gateway."""
     import discord
 
-    from adapters.discord_adapter import BAD_TOKEN_HELP
-    from adapters.slack_adapter import SlackSetupError
+    from adapters.discord.app import BAD_TOKEN_HELP
+    from adapters.slack.app import SlackSetupError
     from bot.app import run_app, run_blocking
     from bot.commands.registry import CommandContext
 
-    platforms, problems = _configured_platforms(settings)
+    platforms, problems = _configured_platforms(discord_settings, slack_settings)
     if not settings.has_backend:
         problems.append(NO_BACKEND_HELP)
     elif not platforms and not problems:
@@ -105,6 +123,7 @@ def _run_platforms(settings: Settings) -> int:
     return run_blocking(
         settings,
         run_app(settings, serve_all),
+        platforms=(discord_settings, slack_settings),
         setup_errors=(SlackSetupError, discord.LoginFailure),
         describe=lambda error: (
             BAD_TOKEN_HELP if isinstance(error, discord.LoginFailure) else str(error)
@@ -113,23 +132,24 @@ def _run_platforms(settings: Settings) -> int:
 
 
 def _configured_platforms(
-    settings: Settings,
+    discord_settings: DiscordSettings, slack_settings: SlackSettings
 ) -> tuple[list[Callable[..., Coroutine[Any, Any, None]]], list[str]]:
     """The platforms whose tokens are set, and what is missing for them to start."""
     platforms: list[Callable[..., Coroutine[Any, Any, None]]] = []
     problems: list[str] = []
-    if token := settings.discord_bot_token.get_secret_value():
-        from adapters.discord_adapter import serve as serve_discord
+    if discord_settings.bot_token.get_secret_value():
+        from adapters.discord.app import serve as serve_discord
 
-        platforms.append(partial(serve_discord, token=token))
-    if settings.slack_bot_token.get_secret_value():
-        from adapters.slack_adapter import missing_credentials
-        from adapters.slack_adapter import serve as serve_slack
+        platforms.append(partial(serve_discord, settings=discord_settings))
+    if slack_settings.bot_token.get_secret_value():
+        from adapters.slack.app import missing_credentials
+        from adapters.slack.app import serve as serve_slack
 
-        http = not settings.slack_app_token.get_secret_value()
-        problems += missing_credentials(settings, http=http)
-        host, port = settings.slack_http_host, settings.slack_http_port
-        platforms.append(partial(serve_slack, http=http, host=host, port=port))
+        http = not slack_settings.app_token.get_secret_value()
+        problems += missing_credentials(slack_settings, http=http)
+        host, port = slack_settings.http_host, slack_settings.http_port
+        serve = partial(serve_slack, settings=slack_settings, http=http, host=host, port=port)
+        platforms.append(serve)
     return platforms, problems
 
 

@@ -14,17 +14,18 @@ import getpass
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 from bot.commands.confirmations import answer
-from bot.commands.handlers import steering_footer
-from bot.commands.registry import CommandContext, Invocation, run_text_command
+from bot.commands.registry import CommandContext, Invocation
 from bot.commands.render import render_reply_text
 from bot.commands.replies import Attachment, Confirmation, Reply, StreamedColumns
-from bot.domain.errors import UNEXPECTED_ERROR, EmberBotError
+from bot.commands.runner import run_text_command
+from bot.domain.types import Actor, SessionKey
+from bot.usecases.chat_turn import TurnOutcome, run_chat_turn
 from bot.usecases.ratelimit import queued_message
-from bot.usecases.service import Actor, SessionKey
 
 PROMPT = "you> "
 log = logging.getLogger(__name__)
@@ -107,29 +108,37 @@ class ConsoleChat:
 
     async def _chat(self, text: str) -> None:
         self._write("bot> ")
-
-        async def show(delta: str) -> None:
-            self._write(delta)
-
-        async def queued(position: int) -> None:
-            self._write(f"({queued_message(position)}) ")
-
-        service = self._ctx.service
-        try:
-            async with service.lifecycle.track():  # a shutdown waits for the footer too
-                result = await service.chat(self._session, self._actor, text, show, queued)
-                if result.error is not None:
-                    self._write(f"\n[reply cut short] {result.error.user_message}")
-                self._write(f"\n  — {steering_footer(result.variant)}\n")
-        except EmberBotError as error:
-            self._write(f"\nerror: {error.user_message}\n")
-        except Exception:
-            log.exception("chat turn failed in %s", self._session)
-            self._write(f"\nerror: {UNEXPECTED_ERROR}\n")
+        await run_chat_turn(
+            self._ctx.service, self._session, self._actor, text, ConsoleTurn(self._write)
+        )
 
     def _write(self, text: str) -> None:
         self._out.write(text)
         self._out.flush()
+
+
+class ConsoleTurn:
+    """One chat turn shown in the terminal: the reply as it streams, then its footer."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+
+    async def begin(self) -> None:
+        pass
+
+    async def queued(self, position: int) -> None:
+        self._write(f"({queued_message(position)}) ")
+
+    async def push(self, delta: str) -> None:
+        self._write(delta)
+
+    async def finish(self, outcome: TurnOutcome) -> None:
+        if outcome.kind in ("refused", "failed"):
+            self._write(f"\nerror: {outcome.note}\n")
+            return
+        if outcome.error is not None:
+            self._write(f"\n[reply cut short] {outcome.error.user_message}")
+        self._write(f"\n  — {outcome.footer}\n")
 
 
 def save_attachment(attachment: Attachment, directory: Path) -> Path:

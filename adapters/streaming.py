@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from bot.commands.replies import DeltaSink
-from bot.domain.errors import EmberBotError, GenerationAbortedError, UserInputError
+from bot.domain.errors import EmberBotError
+from bot.usecases.compare import ColumnsRun
 
 log = logging.getLogger(__name__)
-ColumnsRun = Callable[[DeltaSink], Awaitable[list[tuple[str, EmberBotError | None]]]]
 
 FENCE = "```"
 
@@ -265,10 +264,3 @@ def fit_column(
     tail = f"\n{CUT_NOTE}{tail}"
     head, _ = split_for_limit(text, max(limit - measure(tail), 0), measure)
     return head.rstrip() + tail
-
-
-def ended_early_note(error: EmberBotError) -> str:
-    """Why a reply ended early, in words for the note under it."""
-    if isinstance(error, UserInputError | GenerationAbortedError):
-        return error.user_message  # a refusal or a guard's stop explains itself
-    return f"Reply cut short: {error.user_message}"

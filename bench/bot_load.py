@@ -48,14 +48,13 @@ from bench.common import (
     rss_mb,
 )
 from bot.app import freeze_startup_objects, open_context
-from bot.commands.handlers import steering_footer
 from bot.commands.registry import CommandContext
 from bot.domain.errors import EmberBotError, UserInputError
-from bot.domain.types import FeatureEdit, FeatureRef, VariantState
+from bot.domain.summary import steering_footer
+from bot.domain.types import Actor, FeatureEdit, FeatureRef, SessionKey, VariantState
 from bot.ops.logs import configure_logging
 from bot.settings import Settings
 from bot.usecases.conversation import speaker_line
-from bot.usecases.service import Actor, SessionKey
 from storage.store import DEFAULT_VARIANT, Store, StoredMessage
 from tests.fake_ember import DEFAULT_CATALOG, FakeEmber, Latency
 from tests.reliability_helpers import loop_watch, relaxed
@@ -232,11 +231,11 @@ async def timed_turn(
     """One turn as an adapter runs it; (wall seconds, the error that cut it short)."""
     started = time.perf_counter()
     if not adapter:
-        result = await ctx.service.chat(session, actor, text, _discard, tally.queued)
+        result = await ctx.service.chat.turn(session, actor, text, _discard, tally.queued)
         return time.perf_counter() - started, result.error
     stream = StreamingMessage(NullSink(), ADAPTER_LIMITS)
     await stream.start()
-    result = await ctx.service.chat(session, actor, text, stream.push, tally.queued)
+    result = await ctx.service.chat.turn(session, actor, text, stream.push, tally.queued)
     await stream.finish(footer=steering_footer(result.variant))
     return time.perf_counter() - started, result.error
 
@@ -392,7 +391,7 @@ async def steering_rates(fake: RemoteFake, seconds: float, writers: int = 10) ->
                 value = 0.5 if count % 8 < 4 else -0.3
                 session = SessionKey("bench", "steer", f"c{writer}")
                 query = f"#{edit.feature.index_in_sae}"
-                return ctx.service.steer(session, [(query, value)], actor)
+                return ctx.service.steering.steer(session, [(query, value)], actor)
 
             through_service = await _rate(seconds, writers, steer)
         store = await Store.open(Path(tmp) / "raw.db")
@@ -636,7 +635,7 @@ def render(report: dict[str, Any]) -> str:
             [
                 [name, row["writes_per_s"], row["p50_ms"], row["p99_ms"]]
                 for name, row in (
-                    ('service.steer("#index", v)', steering["service_steer"]),
+                    ('service.steering.steer("#index", v)', steering["service_steer"]),
                     ("Store.save_variant", steering["store_save_variant"]),
                 )
             ],

@@ -114,7 +114,7 @@ def served(args: argparse.Namespace) -> Iterator[str]:
     else:
         options += ["--preset", args.preset]
     options += ["--labels", args.labels] if args.labels else []
-    launch = "import sys; from bot.cli import main; sys.exit(main())"
+    launch = "import sys; from adapters.cli import main; sys.exit(main())"
     with tempfile.TemporaryFile("w+") as log:
         command = [sys.executable, "-c", launch, "serve", *options]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from pydantic_settings import BaseSettings
+
 from bot.backend.breaker import CircuitBreaker
-from bot.backend.gateway import EmberGateway, RetryPolicy
-from bot.commands.handlers import build_registry
+from bot.backend.gateway import EmberGateway
+from bot.backend.retries import RetryPolicy
+from bot.commands.catalog import build_registry
 from bot.commands.registry import CommandContext
 from bot.ops.logs import configure_logging
 from bot.ops.metrics import Metrics
@@ -91,16 +94,18 @@ def run_blocking(
     settings: Settings,
     work: Coroutine[Any, Any, None],
     *,
+    platforms: Sequence[BaseSettings] = (),
     setup_errors: tuple[type[Exception], ...] = (),
     describe: Callable[[BaseException], str] = str,
 ) -> int:
-    """Run `work` with logging configured: the exit status of an `ember-bot` command.
+    """Run `work` with logging configured: the exit status of an `ember-bot` command. The
+    secrets in `platforms` (the chat platforms' settings) are redacted like the core's.
 
     A setup error (a rejected token, an unreachable platform) becomes one line on stderr and
     status 2, never a traceback; Ctrl-C before the signal handlers are installed ends quietly.
     """
     failures: list[str] = []
-    logging_setup = configure_logging(settings)
+    logging_setup = configure_logging(settings, platforms=platforms)
     try:
         asyncio.run(work)
     except* setup_errors as group:

@@ -1,11 +1,13 @@
-"""All configuration, from the environment and `.env`. Nothing else reads os.environ."""
+"""Configuration from the environment and `.env`: the core's Settings, and the machinery every
+settings class shares (each chat platform declares its own in adapters/<platform>/settings.py).
+Nothing else reads os.environ."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,8 +29,29 @@ def http_url(value: str) -> str:
     return value
 
 
-class Settings(BaseSettings):
+def comma_list(value: str, valid: Callable[[str], bool] = bool, problem: str = "") -> str:
+    """A comma-separated setting in canonical form: items stripped, empty ones dropped;
+    ValueError(`problem`) if `valid` rejects an item."""
+    items = [part.strip() for part in value.split(",") if part.strip()]
+    if not all(valid(item) for item in items):
+        raise ValueError(problem)
+    return ",".join(items)
+
+
+def comma_items(value: str) -> list[str]:
+    """The items of a setting `comma_list` validated."""
+    return [item for item in value.split(",") if item]
+
+
+class EnvSettings(BaseSettings):
+    """Read from the environment and `.env`; variables of other settings classes are ignored.
+    A subclass may add an `env_prefix` to its model_config."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+
+class Settings(EnvSettings):
+    """What the core needs: backend, database, conversation, limits, logging."""
 
     goodfire_api_key: SecretStr = Field(
         SecretStr(""), description="API key sent as a bearer token to the Ember backend."
@@ -70,7 +93,7 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="Overall deadline for one backend call, with retries."
     )
 
-    @field_validator("goodfire_base_url", "discord_api_base")
+    @field_validator("goodfire_base_url")
     @classmethod
     def _base_url_is_http(cls, value: str) -> str:
         return http_url(value).rstrip("/")
@@ -97,125 +120,6 @@ class Settings(BaseSettings):
         return bool(self.goodfire_api_key.get_secret_value()) or (
             self.goodfire_base_url != HOSTED_BASE_URL
         )
-
-    # --- slack ---
-    slack_bot_token: SecretStr = Field(
-        SecretStr(""), description="Slack bot token (xoxb-...), from OAuth & Permissions."
-    )
-    slack_app_token: SecretStr = Field(
-        SecretStr(""),
-        description="Slack app-level token (xapp-...) with connections:write, for Socket Mode.",
-    )
-    slack_signing_secret: SecretStr = Field(
-        SecretStr(""), description="Slack signing secret, to verify requests in HTTP mode."
-    )
-    slack_api_url: str = Field(
-        "https://slack.com/api/", description="Slack Web API base URL (for proxies and tests)."
-    )
-    slack_command_prefix: str = Field(
-        "", description='Prefix for slash command names: "ember-" gives /ember-steer.'
-    )
-    slack_steer_users: str = Field(
-        "", description="Comma-separated Slack user IDs allowed to steer and reset (empty: all)."
-    )
-    slack_steer_usergroups: str = Field(
-        "", description="Comma-separated Slack user group IDs allowed to steer and reset."
-    )
-    slack_listen_channel_ids: str = Field(
-        "", description="Comma-separated channel IDs where the bot answers every message."
-    )
-    slack_http_host: str = Field(
-        "0.0.0.0", description="Address `ember-bot run` serves Slack's HTTP mode on."
-    )
-    slack_http_port: int = Field(
-        3000, ge=1, le=65_535, description="Port `ember-bot run` serves Slack's HTTP mode on."
-    )
-
-    @field_validator("slack_api_url")
-    @classmethod
-    def _slack_api_url_is_http(cls, value: str) -> str:
-        return http_url(value).rstrip("/") + "/"  # slack_sdk joins method names onto it
-
-    @field_validator("slack_command_prefix")
-    @classmethod
-    def _slack_prefix_is_a_command_word(cls, value: str) -> str:
-        if len(value) > 16 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
-            raise ValueError("use at most 16 lowercase letters, digits, '-' or '_'")
-        return value.lower()
-
-    @field_validator("slack_steer_users", "slack_steer_usergroups", "slack_listen_channel_ids")
-    @classmethod
-    def _slack_ids(cls, value: str) -> str:
-        ids = [part.strip().upper() for part in value.split(",") if part.strip()]
-        if not all(len(i) >= 3 and i.isascii() and i.isalnum() for i in ids):
-            raise ValueError("must be comma-separated Slack IDs like U0123ABCD")
-        return ",".join(ids)
-
-    @property
-    def slack_steer_user_ids(self) -> frozenset[str]:
-        return frozenset(filter(None, self.slack_steer_users.split(",")))
-
-    @property
-    def slack_steer_usergroup_ids(self) -> frozenset[str]:
-        return frozenset(filter(None, self.slack_steer_usergroups.split(",")))
-
-    @property
-    def slack_listen_channels(self) -> frozenset[str]:
-        return frozenset(filter(None, self.slack_listen_channel_ids.split(",")))
-
-    # --- end slack ---
-
-    # --- discord ---
-    discord_bot_token: SecretStr = Field(
-        SecretStr(""), description="Discord bot token, from the Developer Portal's Bot page."
-    )
-    discord_api_base: str = Field(
-        "https://discord.com/api/v10",
-        description="Discord REST API base URL, including the version (for proxies and tests).",
-    )
-    discord_dev_guild_ids: str = Field(
-        "",
-        description="Comma-separated guild IDs whose slash commands are synced at every start "
-        "(instant, for development); global sync is `ember-bot discord sync`.",
-    )
-    discord_steer_roles: str = Field(
-        "",
-        description="Comma-separated role names or IDs allowed to steer, reset and change "
-        "variants (empty: members with Manage Messages). Administrators always may.",
-    )
-    discord_listen_channel_ids: str = Field(
-        "",
-        description="Comma-separated channel IDs where the bot answers every message "
-        "(turns on the privileged Message Content intent; enable it in the Developer Portal).",
-    )
-
-    @field_validator("discord_dev_guild_ids", "discord_listen_channel_ids")
-    @classmethod
-    def _discord_ids(cls, value: str) -> str:
-        ids = [part.strip() for part in value.split(",") if part.strip()]
-        if not all(i.isascii() and i.isdigit() for i in ids):
-            raise ValueError("must be comma-separated numeric Discord IDs")
-        return ",".join(ids)
-
-    @property
-    def discord_dev_guilds(self) -> tuple[int, ...]:
-        return tuple(int(i) for i in self.discord_dev_guild_ids.split(",") if i)
-
-    @property
-    def discord_listen_channels(self) -> frozenset[int]:
-        return frozenset(int(i) for i in self.discord_listen_channel_ids.split(",") if i)
-
-    @field_validator("discord_steer_roles")
-    @classmethod
-    def _discord_roles(cls, value: str) -> str:
-        return ",".join(r.strip().lower() for r in value.split(",") if r.strip())
-
-    @property
-    def discord_steer_role_set(self) -> frozenset[str]:
-        """Role names (lower-cased) and IDs allowed to steer."""
-        return frozenset(filter(None, self.discord_steer_roles.split(",")))
-
-    # --- end discord ---
 
     # --- reliability ---
     chat_user_burst: int = Field(
@@ -306,10 +210,20 @@ No model backend is configured.
   • Or point GOODFIRE_BASE_URL / GOODFIRE_API_KEY at any Ember-compatible server."""
 
 
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
 def load_settings_or_report(stream: TextIO = sys.stderr) -> Settings | None:
     """Settings, or None after printing one `config error:` line per problem to `stream`."""
+    return load_or_report(Settings, stream)
+
+
+def load_or_report(
+    settings_class: type[SettingsT], stream: TextIO = sys.stderr
+) -> SettingsT | None:
+    """`settings_class` loaded, or None after printing one `config error:` line per problem."""
     try:
-        return load_settings()
+        return load(settings_class)
     except SettingsError as error:
         for problem in error.problems:
             print(f"config error: {problem}", file=stream)
@@ -318,17 +232,25 @@ def load_settings_or_report(stream: TextIO = sys.stderr) -> Settings | None:
 
 def load_settings(**overrides: object) -> Settings:
     """Build Settings, turning validation failures into one line per problem."""
+    return load(Settings, **overrides)
+
+
+def load(settings_class: type[SettingsT], **overrides: object) -> SettingsT:
+    """Build `settings_class`, turning validation failures into one line per problem, each
+    naming the environment variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return settings_class(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        raise SettingsError([_describe(problem) for problem in error.errors()]) from None
+        prefix = settings_class.model_config.get("env_prefix", "")
+        raise SettingsError([_describe(problem, prefix) for problem in error.errors()]) from None
 
 
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET")
 
 
-def _describe(problem: Mapping[str, Any]) -> str:
-    field = ".".join(str(part) for part in problem["loc"]).upper() or "SETTINGS"
+def _describe(problem: Mapping[str, Any], prefix: str = "") -> str:
+    field = ".".join(str(part) for part in problem["loc"]).upper()
+    field = f"{prefix.upper()}{field}" if field else "SETTINGS"
     message = problem["msg"].removeprefix("Value error, ")
     if any(word in field for word in _SECRET_WORDS):
         return f"{field}: {message}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.domain.types import FeatureEdit, FeatureRef, Guard, VariantState
+from bot.domain.types import FeatureEdit, FeatureRef, Guard, SessionKey, VariantState
 from storage.migrations import MIGRATIONS
 
 DEFAULT_VARIANT = "default"
@@ -127,8 +127,9 @@ class Store:
 
     # --- sessions and variants -------------------------------------------------------------
 
-    async def ensure_session(self, key: str, base_model: str) -> str:
+    async def ensure_session(self, session: SessionKey, base_model: str) -> str:
         """Create the session with its default variant if new; return the active variant name."""
+        key = str(session)
         rows = await self._fetchall("SELECT active_variant FROM sessions WHERE key = ?", key)
         if rows:
             return str(rows[0]["active_variant"])
@@ -144,7 +145,8 @@ class Store:
             )
         return DEFAULT_VARIANT
 
-    async def get_variant(self, key: str, name: str) -> VariantState | None:
+    async def get_variant(self, session: SessionKey, name: str) -> VariantState | None:
+        key = str(session)
         rows = await self._fetchall(
             f"SELECT {_VARIANT_COLUMNS} FROM variants WHERE session_key = ? AND name = ?",
             key,
@@ -152,7 +154,8 @@ class Store:
         )
         return _variant_from_row(rows[0]) if rows else None
 
-    async def list_variants(self, key: str) -> list[VariantState]:
+    async def list_variants(self, session: SessionKey) -> list[VariantState]:
+        key = str(session)
         rows = await self._fetchall(
             f"SELECT {_VARIANT_COLUMNS} FROM variants WHERE session_key = ? ORDER BY name",
             key,
@@ -160,9 +163,16 @@ class Store:
         return [_variant_from_row(row) for row in rows]
 
     async def save_variant(
-        self, key: str, variant: VariantState, *, actor: str, action: str, detail: dict[str, Any]
+        self,
+        session: SessionKey,
+        variant: VariantState,
+        *,
+        actor: str,
+        action: str,
+        detail: dict[str, Any],
     ) -> None:
         """Insert or replace a variant and record the change in the audit log, atomically."""
+        key = str(session)
         async with self._transaction() as db:
             await db.execute(
                 "INSERT OR REPLACE INTO variants (session_key, name, base_model, edits_json, "
@@ -178,19 +188,24 @@ class Store:
             )
             await _audit(db, key, actor, action, {"variant": variant.name, **detail})
 
-    async def delete_variant(self, key: str, name: str, *, actor: str) -> None:
+    async def delete_variant(self, session: SessionKey, name: str, *, actor: str) -> None:
+        key = str(session)
         async with self._transaction() as db:
             await db.execute("DELETE FROM variants WHERE session_key = ? AND name = ?", (key, name))
             await _audit(db, key, actor, "variant.delete", {"variant": name})
 
-    async def set_active_variant(self, key: str, name: str, *, actor: str) -> None:
+    async def set_active_variant(self, session: SessionKey, name: str, *, actor: str) -> None:
+        key = str(session)
         async with self._transaction() as db:
             await db.execute("UPDATE sessions SET active_variant = ? WHERE key = ?", (name, key))
             await _audit(db, key, actor, "variant.use", {"variant": name})
 
     # --- conversation history --------------------------------------------------------------
 
-    async def append_message(self, key: str, role: str, content: str, author: str = "") -> None:
+    async def append_message(
+        self, session: SessionKey, role: str, content: str, author: str = ""
+    ) -> None:
+        key = str(session)
         async with self._transaction() as db:
             await db.execute(
                 "INSERT INTO messages (session_key, role, author, content, created_at) "
@@ -198,8 +213,9 @@ class Store:
                 (key, role, author, content, time.time()),
             )
 
-    async def recent_messages(self, key: str, limit: int) -> list[StoredMessage]:
+    async def recent_messages(self, session: SessionKey, limit: int) -> list[StoredMessage]:
         """The newest `limit` messages, oldest first."""
+        key = str(session)
         rows = await self._fetchall(
             "SELECT role, author, content FROM messages WHERE session_key = ? "
             "ORDER BY id DESC LIMIT ?",
@@ -208,7 +224,8 @@ class Store:
         )
         return [StoredMessage(row["role"], row["author"], row["content"]) for row in reversed(rows)]
 
-    async def clear_messages(self, key: str, *, actor: str) -> int:
+    async def clear_messages(self, session: SessionKey, *, actor: str) -> int:
+        key = str(session)
         async with self._transaction() as db:
             cursor = await db.execute("DELETE FROM messages WHERE session_key = ?", (key,))
             await _audit(db, key, actor, "history.clear", {"messages": cursor.rowcount})
@@ -216,12 +233,14 @@ class Store:
 
     # --- audit log ---------------------------------------------------------------------------
 
-    async def count_audit_entries(self, key: str) -> int:
+    async def count_audit_entries(self, session: SessionKey) -> int:
+        key = str(session)
         rows = await self._fetchall("SELECT COUNT(*) FROM audit_log WHERE session_key = ?", key)
         return int(rows[0][0])
 
-    async def audit_entries(self, key: str, limit: int = 50) -> list[AuditEntry]:
+    async def audit_entries(self, session: SessionKey, limit: int = 50) -> list[AuditEntry]:
         """Newest first."""
+        key = str(session)
         rows = await self._fetchall(
             "SELECT actor, action, detail_json, created_at FROM audit_log "
             "WHERE session_key = ? ORDER BY id DESC LIMIT ?",

@@ -8,8 +8,8 @@ import pytest
 
 from bot.app import open_context
 from bot.commands.registry import CommandContext
+from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
-from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber
 from tests.server_fixtures import client, model_id, tiny_bundle, tiny_server
 

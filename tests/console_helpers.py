@@ -1,4 +1,4 @@
-"""Running the console as a user does: a real `python -m adapters console` process with piped stdin."""
+"""Running the console as a user does: a real `python -m adapters console`, piped stdin."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from adapters.discord.settings import DiscordSettings
+from adapters.slack.settings import SlackSettings
 from bot.settings import Settings
 from tests.fake_ember import FakeEmber
 
@@ -35,6 +37,9 @@ def hermetic_env() -> dict[str, str]:
     """This process's environment without any ember-bot setting, so a child process sees only
     the settings a test gives it."""
     names = {name.upper() for name in Settings.model_fields}
+    for platform in (DiscordSettings, SlackSettings):
+        prefix = platform.model_config.get("env_prefix", "")
+        names |= {f"{prefix}{name}".upper() for name in platform.model_fields}
     return {k: v for k, v in os.environ.items() if k.upper() not in names}
 
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
-from bot.settings import Settings
+from adapters.slack.settings import SlackSettings
 
 MAX_TEXT_BYTES = 4_000
 MAX_BLOCKS = 50
@@ -502,14 +502,13 @@ def signed_headers(
     }
 
 
-def settings_for(slack: FakeSlack, base: Settings, **overrides: Any) -> Settings:
-    """`base` with the Slack settings pointing at this fake."""
+def settings_for(slack: FakeSlack, **overrides: Any) -> SlackSettings:
+    """Slack settings pointing at this fake (and `overrides`)."""
     values = {
-        **base.model_dump(),
-        "slack_bot_token": slack.bot_token,
-        "slack_app_token": slack.app_token,
-        "slack_signing_secret": slack.signing_secret,
-        "slack_api_url": slack.api_url,
+        "bot_token": slack.bot_token,
+        "app_token": slack.app_token,
+        "signing_secret": slack.signing_secret,
+        "api_url": slack.api_url,
         **overrides,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return SlackSettings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.streaming import PlatformLimits, StreamingMessage
-from bot.commands.handlers import steering_footer
 from bot.commands.registry import CommandContext
 from bot.domain.errors import UserInputError
+from bot.domain.summary import steering_footer
+from bot.domain.types import Actor, SessionKey
 from bot.ops.lifecycle import ShuttingDownError
 from bot.settings import Settings
+from bot.usecases.chat import ChatResult
 from bot.usecases.ratelimit import QueueCallback
-from bot.usecases.service import Actor, ChatResult, SessionKey
 
 WRITING_MARKER = " ▌"
 UNLIMITED = {
@@ -109,7 +110,7 @@ async def _stream_turn(
 ) -> None:
     note = footer = ""
     try:
-        turn.result = await ctx.service.chat(session, actor, turn.text, stream.push, queued)
+        turn.result = await ctx.service.chat.turn(session, actor, turn.text, stream.push, queued)
     except UserInputError as error:  # refusals; anything else fails the test
         turn.refusal = error.user_message
         note = f"⚠ {turn.refusal}"

@@ -2,10 +2,11 @@
 
 import pytest
 
-from bot.commands.handlers import build_registry, parse_batch
-from bot.commands.registry import coerce_options
+from bot.commands.catalog import build_registry
+from bot.commands.parsing import coerce_options
 from bot.commands.render import bar, render_table
 from bot.commands.replies import Table, TableRow
+from bot.commands.steering import parse_batch
 from bot.domain.errors import UserInputError
 from bot.usecases.conversation import build_messages
 from storage.store import StoredMessage
@@ -16,7 +17,7 @@ REGISTRY = build_registry()
 def parse(line: str) -> tuple[str, dict]:
     command, text = REGISTRY.resolve_text(line)
     parser = command.parse_text
-    from bot.commands.registry import parse_positional
+    from bot.commands.parsing import parse_positional
 
     return command.name, (parser or parse_positional)(command, text)
 

@@ -1,4 +1,4 @@
-"""The console adapter as a user runs it: a real `python -m adapters console` process, piped stdin."""
+"""The console adapter as a user runs it: `python -m adapters console` with piped stdin."""
 
 from __future__ import annotations
 

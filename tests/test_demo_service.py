@@ -14,21 +14,24 @@ import pytest
 from PIL import Image
 
 from bot.app import open_context
+from bot.commands.catalog import build_registry
 from bot.commands.confirmations import ProposalBook, answer, proposals
-from bot.commands.handlers import build_registry, steering_footer
-from bot.commands.registry import (
-    Command,
-    CommandContext,
-    Invocation,
-    coerce_options,
-    run_command,
-    run_text_command,
-)
+from bot.commands.parsing import coerce_options
+from bot.commands.registry import Command, CommandContext, Invocation
 from bot.commands.replies import Reply
+from bot.commands.runner import run_command, run_text_command
 from bot.domain.errors import GenerationAbortedError
-from bot.domain.types import ChatMessage, FeatureEdit, FeatureRef, Guard, TokenActivation
-from bot.usecases.compare import tokens_by_message
-from bot.usecases.service import Actor, SessionKey
+from bot.domain.summary import steering_footer
+from bot.domain.types import (
+    Actor,
+    ChatMessage,
+    FeatureEdit,
+    FeatureRef,
+    Guard,
+    SessionKey,
+    TokenActivation,
+)
+from bot.usecases.inspection import tokens_by_message
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.fake_ember import FakeEmber, Fault
@@ -56,7 +59,7 @@ async def chat(ctx: CommandContext, session: SessionKey, actor: Actor, text: str
     async def ignore(delta: str) -> None:
         pass
 
-    return await ctx.service.chat(session, actor, text, ignore)
+    return await ctx.service.chat.turn(session, actor, text, ignore)
 
 
 # --- /compare ---------------------------------------------------------------------------------
@@ -211,9 +214,9 @@ async def test_reset_steering_clears_guards_and_copies_keep_them(ctx, session, a
     await run(ctx, "/guard pirate 1", session, alice)
     await run(ctx, "/variant new careful", session, alice)
     await run(ctx, "/variant new copy default", session, alice)
-    assert list((await ctx.service.active_variant(session)).guards) == [1201]
+    assert list((await ctx.service.variants.active(session)).guards) == [1201]
     await run(ctx, "/reset", session, alice)
-    assert (await ctx.service.active_variant(session)).guards == {}
+    assert (await ctx.service.variants.active(session)).guards == {}
 
 
 # --- /inspect ---------------------------------------------------------------------------------
@@ -369,7 +372,7 @@ async def test_steering_history_is_newest_first_and_bounded(ctx, session, alice)
         ["Alice (u1)", 'steered "pirate speech" +0.50 (variant default)'],
     ]
     for value in range(1, 21):
-        await ctx.service.steer(session, [("#1201", value / 100)], alice)
+        await ctx.service.steering.steer(session, [("#1201", value / 100)], alice)
     lines = (await run(ctx, "/history steering", session, alice)).text.splitlines()
     assert len(lines) == 1 + 20 + 1
     assert lines[1].endswith('steered "pirate speech" +0.20 (variant calm)')
@@ -421,11 +424,11 @@ async def test_apply_goes_through_the_steering_path_once(ctx, fake_ember, sessio
     )
     applied = await answer(ctx, token, True, Invocation(session, alice, {}))
     assert applied.text == 'Alice applied to variant "default": "pirate speech" +0.40; "cats" -0.20'
-    edits = (await ctx.service.active_variant(session)).edits
+    edits = (await ctx.service.variants.active(session)).edits
     assert {i: e.value for i, e in edits.items()} == {1201: 0.4, 3001: -0.2}
     again = await answer(ctx, token, True, Invocation(session, alice, {}))
     assert again.text == "That proposal has expired or was already answered. Run /autosteer again."
-    [entry, *_] = await ctx.service.audit_log(session)
+    [entry, *_] = await ctx.service.steering.audit_log(session)
     assert (entry.actor, entry.action) == ("Alice (u1)", "autosteer.apply")
 
 
@@ -433,7 +436,7 @@ async def test_the_proposer_may_cancel_without_steer_permission(ctx, fake_ember,
     token = propose(ctx, fake_ember, session, BOB)
     cancelled = await answer(ctx, token, False, Invocation(session, BOB, {}, can_steer=False))
     assert cancelled.text == "Bob cancelled the proposal; nothing changed."
-    assert (await ctx.service.active_variant(session)).edits == {}
+    assert (await ctx.service.variants.active(session)).edits == {}
     late = await answer(ctx, token, True, Invocation(session, alice, {}))
     assert late.is_error and "expired" in late.text
 
@@ -452,20 +455,23 @@ async def test_apply_counts_against_the_steering_rate_limit(settings, fake_ember
 
 
 async def test_a_version_1_database_gains_guards_and_keeps_its_variants(tmp_path):
+    session = SessionKey("console", "local", "s")
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as raw:
         raw.executescript(MIGRATIONS[0] + "PRAGMA user_version=1;")
-        raw.execute("INSERT INTO sessions VALUES ('s', 'default', 0)")
+        raw.execute("INSERT INTO sessions VALUES ('console:local:s', 'default', 0)")
         edits = '[{"index_in_sae": 7, "label": "pirate", "uuid": "", "value": 0.5}]'
-        raw.execute("INSERT INTO variants VALUES ('s', 'default', 'm', ?, 0)", (edits,))
+        raw.execute(
+            "INSERT INTO variants VALUES ('console:local:s', 'default', 'm', ?, 0)", (edits,)
+        )
     store = await Store.open(path)
     try:
-        variant = await store.get_variant("s", "default")
+        variant = await store.get_variant(session, "default")
         assert variant is not None and variant.guards == {} and variant.edits[7].value == 0.5
         guard = Guard(FeatureRef(7, "pirate", "u"), 1.5)
         guarded = replace(variant, guards={7: guard})
-        await store.save_variant("s", guarded, actor="a", action="guard.set", detail={})
-        assert await store.get_variant("s", "default") == guarded
-        assert await store.count_audit_entries("s") == 1
+        await store.save_variant(session, guarded, actor="a", action="guard.set", detail={})
+        assert await store.get_variant(session, "default") == guarded
+        assert await store.count_audit_entries(session) == 1
     finally:
         await store.close()

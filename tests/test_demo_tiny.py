@@ -13,11 +13,12 @@ from contextlib import aclosing
 import pytest
 
 from bot.app import open_context
-from bot.commands import CommandContext, Invocation, run_text_command
-from bot.confirmations import answer
-from bot.ember import EmberGateway
-from bot.errors import GenerationAbortedError
-from bot.models import ChatMessage, FeatureEdit, Guard, SamplingOptions
+from bot.backend.gateway import EmberGateway
+from bot.commands.confirmations import answer
+from bot.commands.registry import CommandContext, Invocation
+from bot.commands.runner import run_text_command
+from bot.domain.errors import GenerationAbortedError
+from bot.domain.types import ChatMessage, FeatureEdit, Guard, SamplingOptions
 from bot.settings import Settings
 from server.presets import TINY_PLANTED
 from tests.test_demo_service import assert_png
@@ -94,7 +95,7 @@ async def test_a_guarded_chat_turn_ends_with_the_note_and_keeps_the_partial_repl
     async def ignore(delta: str) -> None:
         pass
 
-    result = await tiny_ctx.service.chat(session, alice, "Tell me a story", ignore)
+    result = await tiny_ctx.service.chat.turn(session, alice, "Tell me a story", ignore)
     assert isinstance(result.error, GenerationAbortedError)
     assert 'the guard on "pirate speech" (> 1) fired' in result.error.user_message
     assert result.text.strip().lower() in PIRATE_WORDS  # stopped right after the first word
@@ -108,10 +109,10 @@ async def test_autosteer_proposal_applied_through_the_steering_path(tiny_ctx, se
     assert reply.confirmation.prompt == "Apply these edits?"
     proposed = {row.note: row.value for row in reply.table.rows}
     assert f"#{PIRATE_INDEX}" in proposed and all(-1 <= v <= 1 for v in proposed.values())
-    assert (await tiny_ctx.service.active_variant(session)).edits == {}  # nothing until Apply
+    assert (await tiny_ctx.service.variants.active(session)).edits == {}  # nothing until Apply
     applied = await answer(tiny_ctx, reply.confirmation.token, True, Invocation(session, alice, {}))
     assert not applied.is_error and "pirate speech" in applied.text
-    edits = (await tiny_ctx.service.active_variant(session)).edits
+    edits = (await tiny_ctx.service.variants.active(session)).edits
     assert {f"#{i}": e.value for i, e in edits.items()} == proposed
 
 
@@ -121,7 +122,7 @@ async def test_inspect_feature_on_a_real_chat_template(tiny_ctx, session, alice)
     async def ignore(delta: str) -> None:
         pass
 
-    result = await tiny_ctx.service.chat(session, alice, "Hello there", ignore)
+    result = await tiny_ctx.service.chat.turn(session, alice, "Hello there", ignore)
     assert result.error is None and "arr" in result.text.lower()
     reply = await run_text_command(tiny_ctx, "/inspect chart feature:#37", session, alice)
     lines = reply.text.splitlines()

@@ -8,10 +8,17 @@ from pathlib import Path
 import yaml
 
 from adapters.cli import build_parser
+from adapters.discord.settings import DiscordSettings
+from adapters.slack.settings import SlackSettings
 from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS_NAMES = {name.upper() for name in Settings.model_fields}
+SETTINGS_CLASSES = (Settings, SlackSettings, DiscordSettings)
+SETTINGS_NAMES = {  # the environment variables: the class's env_prefix, then the field name
+    f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+    for cls in SETTINGS_CLASSES
+    for name in cls.model_fields
+}
 
 
 def env_example() -> list[tuple[str, str, str]]:
@@ -35,9 +42,10 @@ def test_env_example_lists_every_setting_once_with_an_explanation():
 def test_env_example_loads_to_the_defaults(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text((ROOT / ".env.example").read_text())
-    from_example = Settings(_env_file=env_file)  # type: ignore[call-arg]
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert from_example.model_dump() == defaults.model_dump()
+    for cls in SETTINGS_CLASSES:
+        from_example = cls(_env_file=env_file)  # type: ignore[call-arg]
+        defaults = cls(_env_file=None)  # type: ignore[call-arg]
+        assert from_example.model_dump() == defaults.model_dump(), cls.__name__
 
 
 def compose() -> dict:

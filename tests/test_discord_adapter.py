@@ -17,11 +17,12 @@ import discord
 import pytest
 from discord.http import Route
 
-from adapters.discord_adapter import EmberDiscordBot
+from adapters.discord.app import EmberDiscordBot
+from adapters.discord.settings import DiscordSettings
 from bot.app import open_context
 from bot.commands.registry import Command, CommandContext
+from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
-from bot.usecases.service import Actor, SessionKey
 from tests.fake_discord import (
     APPLICATION_ID,
     DM_CHANNEL,
@@ -53,6 +54,7 @@ class Harness:
     ember: FakeEmber
     clock: FakeClock
     ctx: CommandContext
+    discord_settings: DiscordSettings
 
     async def followup(self, token: str) -> DiscordCall:
         """The follow-up message of an interaction, once it has been sent."""
@@ -88,19 +90,26 @@ async def start_bot(
     async with AsyncExitStack() as stack:
 
         async def start(
-            *, extra_commands: tuple[Command, ...] = (), **setting_overrides: Any
+            *,
+            extra_commands: tuple[Command, ...] = (),
+            discord_overrides: dict[str, Any] | None = None,
+            **setting_overrides: Any,
         ) -> Harness:
             ctx = await stack.enter_async_context(
                 open_context(settings.model_copy(update=setting_overrides))
             )
             for command in extra_commands:
                 ctx.registry.add(command)
-            bot = EmberDiscordBot(ctx, clock=clock, guild_ready_timeout=0.01)
+            discord_settings = DiscordSettings(
+                _env_file=None,  # type: ignore[call-arg]
+                **(discord_overrides or {}),
+            )
+            bot = EmberDiscordBot(ctx, discord_settings, clock=clock, guild_ready_timeout=0.01)
             await stack.enter_async_context(bot)
             await bot.start_up(TOKEN)
             gateway = FakeGateway(bot, fake_discord)
             gateway.connect()
-            return Harness(bot, gateway, fake_discord, fake_ember, clock, ctx)
+            return Harness(bot, gateway, fake_discord, fake_ember, clock, ctx, discord_settings)
 
         yield start
     assert_nobody_pinged(fake_discord)
@@ -156,12 +165,12 @@ async def test_member_without_manage_messages_is_refused_at_once_and_nothing_cha
         "You don't have permission to use /steer in this channel."
     )
     assert harness.ember.requests_to("/features/search") == []
-    variant = await harness.ctx.service.active_variant(session_of(GENERAL_CHANNEL))
+    variant = await harness.ctx.service.variants.active(session_of(GENERAL_CHANNEL))
     assert variant.edits == {}
 
 
 async def test_configured_steer_roles_replace_manage_messages(start_bot: StartBot):
-    harness = await start_bot(discord_steer_roles="steerers")
+    harness = await start_bot(discord_overrides={"steer_roles": "steerers"})
     allowed = harness.gateway.slash(STELLA, "reset")
     refused = harness.gateway.slash(MOD, "reset")
     assert "Cleared all steering" in (await harness.followup(allowed)).content
@@ -175,7 +184,7 @@ async def test_steering_too_fast_gets_a_private_try_again_in_n_seconds(start_bot
     followup = await harness.followup(harness.gateway.slash(MOD, "steer", feature="cats", value=1))
     assert followup.json["flags"] & EPHEMERAL
     assert re.fullmatch(r"Slow down — try again in \d+ s\.", followup.content)
-    variant = await harness.ctx.service.active_variant(session_of(GENERAL_CHANNEL))
+    variant = await harness.ctx.service.variants.active(session_of(GENERAL_CHANNEL))
     assert [e.feature.label for e in variant.edits.values()] == ["pirate speech"]
 
 
@@ -197,7 +206,7 @@ async def test_feature_autocomplete_offers_at_most_25_choices_of_at_most_100_cha
 
 async def test_variant_autocomplete_lists_the_channels_variants_by_prefix(harness: Harness):
     for name in ("pirate", "poet", "sage"):
-        await harness.ctx.service.create_variant(session_of(GENERAL_CHANNEL), name, SETUP)
+        await harness.ctx.service.variants.create(session_of(GENERAL_CHANNEL), name, SETUP)
     token = harness.gateway.autocomplete(MEMBER, "variant use", focused="name", name="p")
     (answer,) = await harness.discord.wait_for_call("POST", f"/interactions/.*/{token}/callback")
     assert [c["value"] for c in answer.json["data"]["choices"]] == ["pirate", "poet"]
@@ -234,7 +243,7 @@ async def test_variant_export_is_sent_as_a_json_file(harness: Harness):
 
 
 async def test_dev_guild_commands_sync_once_at_start_up_never_on_reconnect(start_bot: StartBot):
-    harness = await start_bot(discord_dev_guild_ids=str(GUILD_ID))
+    harness = await start_bot(discord_overrides={"dev_guild_ids": str(GUILD_ID)})
     harness.gateway.connect()  # a reconnect: READY and GUILD_CREATE again
     await harness.followup(harness.gateway.slash(MEMBER, "help"))
     syncs = [c for c in harness.discord.calls if c.method == "PUT"]
@@ -247,7 +256,7 @@ async def test_dev_guild_commands_sync_once_at_start_up_never_on_reconnect(start
 async def test_answers_mentions_dms_and_listen_channels_but_not_other_messages(
     start_bot: StartBot,
 ):
-    harness = await start_bot(discord_listen_channel_ids=str(LISTEN_CHANNEL))
+    harness = await start_bot(discord_overrides={"listen_channel_ids": str(LISTEN_CHANNEL)})
     harness.gateway.message(MEMBER, "just chatting with friends")
     harness.gateway.message(MEMBER, "", channel_id=LISTEN_CHANNEL)  # e.g. only an image
     harness.gateway.message(MEMBER, "anyone here?", channel_id=LISTEN_CHANNEL)

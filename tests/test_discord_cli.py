@@ -10,7 +10,7 @@ import discord
 import pytest
 from discord.http import Route
 
-from adapters.discord_adapter import main
+from adapters.discord.app import main
 from tests.fake_discord import APPLICATION_ID, GUILD_ID, TOKEN, FakeDiscord
 
 

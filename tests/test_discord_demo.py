@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from adapters.discord_adapter import EmberDiscordBot
+from adapters.discord.app import EmberDiscordBot
 from bot.commands.confirmations import proposals
 from tests import test_discord_adapter as adapter_tests
 from tests.fake_discord import (
@@ -40,7 +40,7 @@ PIRATE = 37  # the tiny preset's planted "pirate speech" feature
 
 
 async def edits(harness: Harness) -> dict[int, float]:
-    variant = await harness.ctx.service.active_variant(session_of(GENERAL_CHANNEL))
+    variant = await harness.ctx.service.variants.active(session_of(GENERAL_CHANNEL))
     return {index: round(edit.value, 3) for index, edit in variant.edits.items()}
 
 
@@ -143,7 +143,9 @@ async def test_buttons_sent_before_a_restart_still_work(
     start_bot: StartBot, tiny_server: BackgroundServer
 ):
     harness, message_id = await autosteer(start_bot, tiny_server)
-    async with EmberDiscordBot(harness.ctx, clock=harness.clock, guild_ready_timeout=0.01) as bot:
+    async with EmberDiscordBot(
+        harness.ctx, harness.discord_settings, clock=harness.clock, guild_ready_timeout=0.01
+    ) as bot:
         await bot.start_up(TOKEN)
         gateway = FakeGateway(bot, harness.discord)  # a client that never saw the message sent
         gateway.connect()

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import discord
 
-from adapters.discord_adapter import bot_intents
-from adapters.discord_render import (
+from adapters.discord.app import bot_intents
+from adapters.discord.render import (
     EMBEDS_TOTAL,
     column_embeds,
     discord_length,
     render_reply,
     truncate,
 )
+from adapters.discord.settings import DiscordSettings
 from adapters.streaming import CUT_NOTE, Column
 from bot.commands.replies import Reply, Table, TableRow
-from bot.settings import Settings
 
 
 def test_big_table_drops_rows_with_a_count_and_stays_in_one_code_block():
@@ -39,11 +39,11 @@ def test_length_counts_utf16_units_like_discord():
 
 
 def test_intents_exclude_message_content_unless_listen_channels_are_set():
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = DiscordSettings(_env_file=None)  # type: ignore[call-arg]
     assert bot_intents(settings) == discord.Intents(
         guilds=True, guild_messages=True, dm_messages=True
     )
-    listening = settings.model_copy(update={"discord_listen_channel_ids": "123"})
+    listening = settings.model_copy(update={"listen_channel_ids": "123"})
     assert bot_intents(listening).message_content
 
 

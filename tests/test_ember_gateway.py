@@ -14,7 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.backend.gateway import FALLBACK_MODEL, EmberGateway, PooledHTTP, RetryPolicy, SSEDecoder
+from bot.backend.gateway import FALLBACK_MODEL, EmberGateway
+from bot.backend.http import PooledHTTP
+from bot.backend.retries import RetryPolicy
+from bot.backend.sse import SSEDecoder
 from bot.domain.errors import (
     BackendError,
     BackendTimeoutError,

@@ -8,9 +8,10 @@ import pytest
 
 from bot.app import open_context
 from bot.backend.breaker import CircuitBreaker
-from bot.backend.gateway import EmberGateway, RetryPolicy
+from bot.backend.gateway import EmberGateway
+from bot.backend.retries import RetryPolicy
 from bot.domain.errors import BackendUnavailableError, RateLimitedError
-from bot.usecases.service import Actor, SessionKey
+from bot.domain.types import Actor, SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.reliability_helpers import chat_turn, relaxed
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from bot.app import open_context
-from bot.commands.registry import run_text_command
+from bot.commands.runner import run_text_command
+from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
-from bot.usecases.service import Actor, SessionKey
 from storage.store import DEFAULT_VARIANT, Store
 from tests.fake_ember import DEFAULT_CATALOG, FakeEmber
 from tests.reliability_helpers import relaxed

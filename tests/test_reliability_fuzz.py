@@ -17,18 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import open_context
-from bot.commands.handlers import build_registry
-from bot.commands.registry import (
-    Command,
-    CommandContext,
-    Invocation,
-    coerce_options,
-    run_command,
-    run_text_command,
-)
+from bot.commands.catalog import build_registry
+from bot.commands.parsing import coerce_options
+from bot.commands.registry import Command, CommandContext, Invocation
+from bot.commands.runner import run_command, run_text_command
 from bot.domain.errors import UserInputError
+from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
-from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber
 from tests.reliability_helpers import database_rows, relaxed
 
@@ -91,7 +86,7 @@ def bot(tmp_path) -> Iterator[Bot]:
         ctx = runner.run(opened.__aenter__())
         stack.callback(lambda: runner.run(opened.__aexit__(None, None, None)))
         bot = Bot(runner.run, ctx, SessionKey("fuzz", "w", "c"), Actor("u1", "Alice"))
-        bot.run(ctx.service.active_variant(bot.session))  # the session exists up front
+        bot.run(ctx.service.variants.active(bot.session))  # the session exists up front
         yield bot
 
 
@@ -106,7 +101,7 @@ def check_line(bot: Bot, line: str) -> None:
 def check_chat(bot: Bot, text: str) -> None:
     before = database_rows(bot.ctx.settings.database_path)
     try:
-        result = bot.run(bot.ctx.service.chat(bot.session, bot.actor, text, _ignore))
+        result = bot.run(bot.ctx.service.chat.turn(bot.session, bot.actor, text, _ignore))
     except UserInputError:
         assert database_rows(bot.ctx.settings.database_path) == before
     else:  # a reply, or a backend error the user is told about

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.app import open_context
-from bot.commands.registry import CommandContext, run_text_command
-from bot.domain.errors import UserInputError
+from bot.commands.registry import CommandContext
+from bot.commands.runner import run_text_command
+from bot.domain.errors import BackendBusyError, SlowDownError, UserInputError
+from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
-from bot.usecases.ratelimit import BackendBusyError, BackendSlots, Rate, RateLimiter, SlowDownError
-from bot.usecases.service import Actor, SessionKey
+from bot.usecases.ratelimit import BackendSlots, Rate, RateLimiter
 from tests.fake_ember import FakeEmber, Fault, Latency
 from tests.reliability_helpers import chat_turn, database_rows, relaxed
 
@@ -83,7 +84,7 @@ async def test_steering_commands_are_rate_limited_reading_commands_are_not(limit
         ).is_error
     refused = await run_text_command(limited, "/steer pirate 0.3", session, alice)
     assert refused.is_error and refused.text == "Slow down — try again in 10 s."
-    assert (await limited.service.active_variant(session)).edits[1201].value == 0.2
+    assert (await limited.service.variants.active(session)).edits[1201].value == 0.2
     for line in ("/features search pirate", "/features", "/variant list", "/help"):
         assert not (await run_text_command(limited, line, session, alice)).is_error
 
@@ -95,7 +96,7 @@ async def test_backend_queue_is_fifo_reports_positions_and_refuses_when_full(
     async with open_context(one_slot) as ctx:
         channels = [SessionKey("t", "w", name) for name in "abcd"]
         for channel in channels:
-            await ctx.service.active_variant(channel)
+            await ctx.service.variants.active(channel)
         fake_ember.fail_next("/chat/completions", Fault(delay=0.3))
         first_tokens: list[str] = []
 
@@ -131,7 +132,7 @@ async def test_every_backend_slot_can_stream_at_once_past_a_hundred(
     async with open_context(wide) as ctx:
         channels = [SessionKey("t", "w", f"c{n}") for n in range(slots)]
         for channel in channels:
-            await ctx.service.active_variant(channel)
+            await ctx.service.variants.active(channel)
         fake_ember.latency = Latency(first_token=3.0)  # all replies overlap: none can end early
         turns = await asyncio.gather(*(chat_turn(ctx, c, alice, "hi") for c in channels))
     assert all(t.result is not None and t.result.error is None for t in turns)
@@ -189,7 +190,7 @@ async def test_slots_hand_over_in_order_and_survive_cancelled_waiters():
 async def test_input_limits_answer_clearly_before_calling_the_backend(
     ctx, fake_ember, session, alice, line, expected
 ):
-    await ctx.service.active_variant(session)
+    await ctx.service.variants.active(session)
     before, requests = database_rows(ctx.settings.database_path), len(fake_ember.requests)
     reply = await run_text_command(ctx, line, session, alice)
     assert reply.is_error and reply.text == expected
@@ -201,8 +202,8 @@ async def test_message_length_and_variant_count_limits(settings, session, alice)
     small = relaxed(settings, max_message_chars=10, max_variants_per_channel=2)
     async with open_context(small) as ctx:
         with pytest.raises(UserInputError, match="limited to 10 characters; yours has 11"):
-            await ctx.service.chat(session, alice, "x" * 11, _ignore)
-        await ctx.service.create_variant(session, "second", alice)
+            await ctx.service.chat.turn(session, alice, "x" * 11, _ignore)
+        await ctx.service.variants.create(session, "second", alice)
         reply = await run_text_command(ctx, "/variant new third", session, alice)
         assert reply.text == FULL
         exported = json.dumps({"base_model": "m", "edits": []})
@@ -216,7 +217,7 @@ async def _ignore(_: str) -> None:
 
 async def test_imported_edits_without_feature_ids_are_looked_up(ctx, fake_ember, session, alice):
     bare = '{"base_model": "m", "edits": [{"index_in_sae": %d, "value": 0.5}]}'
-    await ctx.service.active_variant(session)
+    await ctx.service.variants.active(session)
     before = database_rows(ctx.settings.database_path)
     reply = await run_text_command(ctx, f"/variant import bare {bare % 424242}", session, alice)
     assert reply.text == "The model has no feature #424242; nothing was imported."

@@ -16,11 +16,14 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from adapters.discord.settings import DiscordSettings
+from adapters.slack.settings import SlackSettings
 from bot.app import open_context, run_app
-from bot.commands.registry import CommandContext, run_text_command
+from bot.commands.registry import CommandContext
+from bot.commands.runner import run_text_command
+from bot.domain.types import Actor, SessionKey
 from bot.ops.logs import REDACTED, Redactor, configure_logging
 from bot.settings import Settings
-from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.reliability_helpers import chat_turn, relaxed
 
@@ -119,16 +122,19 @@ async def test_secrets_never_reach_the_logs_even_at_debug(tmp_path, alice, resto
         _env_file=None,  # type: ignore[call-arg]
         goodfire_api_key=SecretStr(API_KEY),
         database_url=f"sqlite:///{tmp_path / 'bot.db'}",
-        slack_bot_token=SecretStr(SLACK_BOT),
-        slack_app_token=SecretStr(SLACK_APP),
-        slack_signing_secret=SecretStr(SIGNING),
-        discord_bot_token=SecretStr(DISCORD),
         log_level="DEBUG",
     )
+    slack = SlackSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        bot_token=SecretStr(SLACK_BOT),
+        app_token=SecretStr(SLACK_APP),
+        signing_secret=SecretStr(SIGNING),
+    )
+    discord = DiscordSettings(_env_file=None, bot_token=SecretStr(DISCORD))  # type: ignore[call-arg]
     stream = io.StringIO()
     async with FakeEmber(api_key=API_KEY) as fake:
         settings = relaxed(settings, goodfire_base_url=fake.base_url)
-        setup = configure_logging(settings, stream)
+        setup = configure_logging(settings, stream, platforms=(slack, discord))
         try:
             await exercise_with_leaky_libraries(settings, fake, alice)
         finally:

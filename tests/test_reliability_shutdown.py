@@ -10,9 +10,9 @@ import sqlite3
 import sys
 
 from bot.app import open_context
-from bot.commands.registry import run_text_command
+from bot.commands.runner import run_text_command
+from bot.domain.types import Actor, SessionKey
 from bot.ops.lifecycle import Lifecycle, ShuttingDownError
-from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import Fault
 from tests.reliability_helpers import WRITING_MARKER, RecordingSink, chat_turn, relaxed
 

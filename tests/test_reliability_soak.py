@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from bot.app import open_context
-from bot.commands.handlers import steering_footer
 from bot.domain.errors import BackendTimeoutError, BackendUnavailableError, RateLimitedError
+from bot.domain.summary import steering_footer
+from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
-from bot.usecases.service import Actor, SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.reliability_helpers import WRITING_MARKER, Turn, chat_turn, loop_watch, relaxed
 
@@ -92,7 +92,7 @@ async def test_fault_soak_every_turn_ends_cleanly_once(settings, fake_ember, cap
 
     async with loop_errors() as heard, open_context(soak) as ctx:
         per_channel = await asyncio.gather(*(channel_turns(ctx, c) for c in channels))
-        histories = [await ctx.service._store.recent_messages(str(c), 1000) for c in channels]
+        histories = [await ctx.service._store.recent_messages(c, 1000) for c in channels]
         exported = ctx.service.metrics.exposition().decode()
 
     outcomes: Counter[str] = Counter()

@@ -9,9 +9,10 @@ import sqlite3
 import goodfire
 import pytest
 
-from bot.commands.registry import CommandContext, run_text_command
+from bot.commands.registry import CommandContext
+from bot.commands.runner import run_text_command
 from bot.domain.errors import BackendUnavailableError, DeliveryFailedError, UserInputError
-from bot.usecases.service import Actor, SessionKey
+from bot.domain.types import Actor, SessionKey
 from tests.fake_ember import Fault
 
 
@@ -29,7 +30,7 @@ async def collect(ctx, session, actor, text):
     async def on_delta(delta: str) -> None:
         parts.append(delta)
 
-    result = await ctx.service.chat(session, actor, text, on_delta)
+    result = await ctx.service.chat.turn(session, actor, text, on_delta)
     return result, "".join(parts)
 
 
@@ -49,7 +50,7 @@ async def test_steer_then_chat_sends_nudge_on_the_feature(ctx, fake_ember, sessi
 async def test_batch_steering_is_all_or_nothing(ctx, session, alice):
     reply = await run_text_command(ctx, '/steer pirate=0.5 "formal writing"=-0.3', session, alice)
     assert not reply.is_error
-    edits = (await ctx.service.active_variant(session)).edits
+    edits = (await ctx.service.variants.active(session)).edits
     assert {i: e.value for i, e in edits.items()} == {1201: 0.5, 2048: -0.3}
     before = database_rows(ctx)
     reply = await run_text_command(ctx, "/steer cats=0.2 qqqzzz=0.1", session, alice)
@@ -70,7 +71,7 @@ async def test_batch_steering_is_all_or_nothing(ctx, session, alice):
     ],
 )
 async def test_bad_commands_answer_one_line_and_change_nothing(ctx, session, alice, line, expected):
-    await ctx.service.active_variant(session)  # the session exists before the bad command
+    await ctx.service.variants.active(session)  # the session exists before the bad command
     before = database_rows(ctx)
     reply = await run_text_command(ctx, line, session, alice)
     assert reply.text == expected and "\n" not in reply.text
@@ -78,38 +79,38 @@ async def test_bad_commands_answer_one_line_and_change_nothing(ctx, session, ali
 
 
 async def test_same_feature_from_search_and_from_reload_is_one_edit(ctx, settings, session, alice):
-    await ctx.service.steer(session, [("pirate", 0.5)], alice)
+    await ctx.service.steering.steer(session, [("pirate", 0.5)], alice)
     from bot.app import open_context
 
     async with open_context(settings) as reopened:
-        await reopened.service.steer(session, [("#1201", -0.2)], alice)
-        variant = await reopened.service.active_variant(session)
+        await reopened.service.steering.steer(session, [("#1201", -0.2)], alice)
+        variant = await reopened.service.variants.active(session)
     assert list(variant.edits) == [1201] and variant.edits[1201].value == -0.2
 
 
 async def test_variants_copy_switch_delete_and_keep_their_own_steering(ctx, session, alice):
-    await ctx.service.steer(session, [("pirate", 0.5)], alice)
-    await ctx.service.create_variant(session, "Formal", alice, base="default")
-    await ctx.service.steer(session, [("formal", 0.4)], alice)
-    listing = await ctx.service.list_variants(session)
+    await ctx.service.steering.steer(session, [("pirate", 0.5)], alice)
+    await ctx.service.variants.create(session, "Formal", alice, base="default")
+    await ctx.service.steering.steer(session, [("formal", 0.4)], alice)
+    listing = await ctx.service.variants.list(session)
     assert listing.active == "formal"
     assert {v.name: sorted(v.edits) for v in listing.variants} == {
         "default": [1201],
         "formal": [1201, 2048],
     }
-    assert await ctx.service.delete_variant(session, "formal", alice) == "default"
+    assert await ctx.service.variants.delete(session, "formal", alice) == "default"
     with pytest.raises(UserInputError, match="cannot be deleted"):
-        await ctx.service.delete_variant(session, "default", alice)
+        await ctx.service.variants.delete(session, "default", alice)
     with pytest.raises(UserInputError, match="Variant names are 1-32 characters"):
-        await ctx.service.create_variant(session, "no spaces", alice)
+        await ctx.service.variants.create(session, "no spaces", alice)
 
 
 async def test_export_loads_in_goodfire_and_imports_back(ctx, session, alice):
-    await ctx.service.steer(session, [("pirate", 0.5), ("cats", -0.25)], alice)
-    exported = await ctx.service.export_variant(session)
+    await ctx.service.steering.steer(session, [("pirate", 0.5), ("cats", -0.25)], alice)
+    exported = await ctx.service.variants.export_json(session)
     sdk_variant = goodfire.Variant.from_json(json.dumps(exported))
     assert sorted(f.index_in_sae for f in sdk_variant.edits._edits) == [1201, 3001]
-    imported = await ctx.service.import_variant(session, "copy", json.dumps(exported), alice)
+    imported = await ctx.service.variants.import_json(session, "copy", json.dumps(exported), alice)
     assert {i: e.value for i, e in imported.edits.items()} == {1201: 0.5, 3001: -0.25}
     before = database_rows(ctx)
     for bad in (
@@ -118,21 +119,21 @@ async def test_export_loads_in_goodfire_and_imports_back(ctx, session, alice):
         '{"base_model": "m", "edits": [{"index_in_sae": 1, "value": 9}]}',
     ):
         with pytest.raises(UserInputError):
-            await ctx.service.import_variant(session, "bad", bad, alice)
+            await ctx.service.variants.import_json(session, "bad", bad, alice)
     assert database_rows(ctx) == before
 
 
 async def test_reset_scopes(ctx, session, alice):
-    await ctx.service.steer(session, [("pirate", 0.5)], alice)
+    await ctx.service.steering.steer(session, [("pirate", 0.5)], alice)
     await collect(ctx, session, alice, "hello")
-    await ctx.service.create_variant(session, "other", alice)
-    assert "steering" in await ctx.service.reset(session, "steering", alice)
-    assert (await ctx.service.active_variant(session)).edits == {}
-    summary = await ctx.service.reset(session, "all", alice)
+    await ctx.service.variants.create(session, "other", alice)
+    assert "steering" in await ctx.service.steering.reset(session, "steering", alice)
+    assert (await ctx.service.variants.active(session)).edits == {}
+    summary = await ctx.service.steering.reset(session, "all", alice)
     assert summary == "Reset everything: steering, variants and 2 messages of history."
-    listing = await ctx.service.list_variants(session)
+    listing = await ctx.service.variants.list(session)
     assert [v.name for v in listing.variants] == ["default"] and listing.active == "default"
-    actions = [e.action for e in await ctx.service.audit_log(session)]
+    actions = [e.action for e in await ctx.service.steering.audit_log(session)]
     assert actions[0] == "steer.reset" and "history.clear" in actions and "steer" in actions
 
 
@@ -144,7 +145,7 @@ async def test_stream_dying_halfway_keeps_partial_reply_and_reports(
     result, streamed = await collect(ctx, session, alice, "count")
     assert isinstance(result.error, BackendUnavailableError)
     assert result.text == streamed and 0 < len(streamed) < len(fake_ember.reply_text)
-    history = await ctx.service._store.recent_messages(str(session), 10)
+    history = await ctx.service._store.recent_messages(session, 10)
     assert [m.role for m in history] == ["user", "assistant"] and history[1].content == streamed
 
 
@@ -153,7 +154,7 @@ async def test_turns_in_one_channel_are_serialized_other_channels_run_concurrent
 ):
     a, b = SessionKey("t", "w", "a"), SessionKey("t", "w", "b")
     for key in (a, b):
-        await ctx.service.active_variant(key)
+        await ctx.service.variants.active(key)
     fake_ember.fail_next("/chat/completions", *[Fault(delay=0.3)] * 3)
     started = asyncio.get_running_loop().time()
     await asyncio.gather(
@@ -161,16 +162,16 @@ async def test_turns_in_one_channel_are_serialized_other_channels_run_concurrent
     )
     elapsed = asyncio.get_running_loop().time() - started
     assert 0.6 <= elapsed < 0.85  # two serialized turns in a, b alongside
-    history_a = await ctx.service._store.recent_messages(str(a), 10)
+    history_a = await ctx.service._store.recent_messages(a, 10)
     assert [m.role for m in history_a] == ["user", "assistant", "user", "assistant"]
 
 
 async def test_inspect_ranks_features_of_last_exchange(ctx, fake_ember, session, alice):
     with pytest.raises(UserInputError, match="Nothing to inspect yet"):
-        await ctx.service.inspect(session)
+        await ctx.service.inspection.top_features(session)
     fake_ember.reply_text = "Arr matey, the pirate ship sets sail!"
     await collect(ctx, session, alice, "talk like a pirate")
-    activations, exchange = await ctx.service.inspect(session, 3)
+    activations, exchange = await ctx.service.inspection.top_features(session, 3)
     assert [m.role for m in exchange] == ["user", "assistant"]
     assert activations[0].feature.label == "pirate speech"
     strengths = [a.activation for a in activations]
@@ -188,7 +189,7 @@ async def test_steer_permission_is_enforced_in_code(ctx, session):
     bob = Actor("u2", "Bob")
     reply = await run_text_command(ctx, "/steer pirate 0.5", session, bob, can_steer=False)
     assert reply.is_error and "permission" in reply.text
-    assert (await ctx.service.active_variant(session)).edits == {}
+    assert (await ctx.service.variants.active(session)).edits == {}
 
 
 async def test_concurrent_steering_in_one_channel_keeps_every_confirmed_change(ctx, session, alice):
@@ -199,7 +200,7 @@ async def test_concurrent_steering_in_one_channel_keeps_every_confirmed_change(c
         run_text_command(ctx, "/steer cats -0.2", session, alice),
     )
     assert not any(reply.is_error for reply in replies)
-    edits = (await ctx.service.active_variant(session)).edits
+    edits = (await ctx.service.variants.active(session)).edits
     assert {i: e.value for i, e in edits.items()} == {1201: 0.5, 2048: 0.3, 3001: -0.2}
 
 
@@ -230,10 +231,10 @@ async def test_platform_failing_mid_reply_ends_the_turn_and_keeps_what_was_shown
             raise ConnectionError("platform API down")
         shown.append(delta)
 
-    result = await ctx.service.chat(session, alice, "count", flaky_platform)
+    result = await ctx.service.chat.turn(session, alice, "count", flaky_platform)
     assert isinstance(result.error, DeliveryFailedError)
     assert result.text.startswith("".join(shown)) and result.text != fake_ember.reply_text
-    history = await ctx.service._store.recent_messages(str(session), 10)
+    history = await ctx.service._store.recent_messages(session, 10)
     assert [m.role for m in history] == ["user", "assistant"]
 
 
@@ -251,11 +252,11 @@ async def test_history_too_long_for_the_model_falls_back_to_the_new_message(
         max_completion_tokens=8,
     )
     async with open_context(settings) as context:
-        await context.service.active_variant(session)
+        await context.service.variants.active(session)
         store = context.service._store
         for _ in range(12):  # far beyond the tiny model's 2,048-token context
-            await store.append_message(str(session), "user", "the cat sat " * 80, "Ann")
-            await store.append_message(str(session), "assistant", "on the mat " * 80)
+            await store.append_message(session, "user", "the cat sat " * 80, "Ann")
+            await store.append_message(session, "assistant", "on the mat " * 80)
         result, _ = await collect(context, session, alice, "hello")
     assert result.error is None and result.text
 
@@ -265,6 +266,6 @@ async def test_a_vague_steer_offers_choices_instead_of_guessing(ctx, session, al
     assert not reply.is_error and reply.text.startswith('Which feature do you mean by "cat dog"?')
     assert [f.index_in_sae for f in reply.feature_choices] == [3001, 3002]
     assert "/steer #3001 0.4" in reply.text
-    assert (await ctx.service.active_variant(session)).edits == {}
+    assert (await ctx.service.variants.active(session)).edits == {}
     reply = await run_text_command(ctx, "/steer nautical pirate 0.4", session, alice)
     assert '"talking like a pirate (nautical terms)" (#1202) +0.40' in reply.text

@@ -12,8 +12,8 @@ from typing import Any
 
 from PIL import Image
 
-from adapters.slack_render import CONFIRM_BLOCK, SECTION_LIMIT
-from adapters.slack_replies import INVITE_HINT
+from adapters.slack.render import CONFIRM_BLOCK, SECTION_LIMIT
+from adapters.slack.replies import INVITE_HINT
 from tests import test_slack_http as http_tests
 from tests.fake_ember import FakeEmber, Fault
 from tests.fake_slack import SlackCall, SlackFault, form_body, interactive_body
@@ -91,7 +91,7 @@ async def test_cancel_changes_nothing_and_removes_the_buttons(
 async def test_a_click_by_someone_not_allowed_is_refused_privately_and_the_buttons_stay(
     start: Start, tiny_server: BackgroundServer
 ):
-    bot = await autosteer(start, tiny_server, slack_steer_users="U3CAROL")
+    bot = await autosteer(start, tiny_server, slack_overrides={"steer_users": "U3CAROL"})
     [question] = await bot.command("/autosteer", "talk like a pirate", user="U1ALICE")
     [refusal] = await click(bot, question.body["blocks"], "Apply", "U2BOB")
     assert refusal.body["response_type"] == "ephemeral"

@@ -13,14 +13,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.slack_adapter import SlackBot, http_server
-from adapters.slack_chat import MESSAGE_BYTES, TOO_LONG_NOTE
-from adapters.slack_manifest import build_manifest
-from adapters.slack_render import plain_text
+from adapters.slack.app import SlackBot, http_server
+from adapters.slack.chat import MESSAGE_BYTES, TOO_LONG_NOTE
+from adapters.slack.manifest import build_manifest
+from adapters.slack.render import plain_text
 from bot.app import open_context
 from bot.commands.registry import CommandContext
+from bot.domain.types import SessionKey
 from bot.settings import Settings
-from bot.usecases.service import SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.fake_slack import (
     FakeSlack,
@@ -112,7 +112,7 @@ class Harness:
 
     async def edits(self, channel: str = CHANNEL) -> dict[int, float]:
         session = SessionKey("slack", self.slack.team_id, channel)
-        variant = await self.ctx.service.active_variant(session)
+        variant = await self.ctx.service.variants.active(session)
         return {index: edit.value for index, edit in variant.edits.items()}
 
     async def final_reply(self, channel: str = CHANNEL, *, replies: int = 1) -> list[str]:
@@ -138,15 +138,17 @@ async def start(settings: Settings) -> AsyncIterator[Start]:
             *,
             clock: Callable[[], float] = time.monotonic,
             usergroups: dict[str, list[str]] | None = None,
+            slack_overrides: dict[str, Any] | None = None,
             **overrides: Any,
         ) -> Harness:
             # The fake stamps calls with virtual time too, but must not advance it.
             reading = (lambda: clock.now) if isinstance(clock, StepClock) else clock
             slack = FakeSlack(clock=reading, usergroups=usergroups or {})
             await stack.enter_async_context(slack)
-            bot_settings = settings_for(slack, settings, **overrides)
+            values = settings.model_dump() | overrides
+            bot_settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
             ctx = await stack.enter_async_context(open_context(bot_settings))
-            bot = SlackBot(ctx, clock=clock)
+            bot = SlackBot(ctx, settings_for(slack, **(slack_overrides or {})), clock=clock)
             runner = await stack.enter_async_context(http_server(bot, "127.0.0.1", 0))
             http = await stack.enter_async_context(aiohttp.ClientSession())
             url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
@@ -201,14 +203,14 @@ async def test_unsigned_bad_or_stale_requests_get_401_and_change_nothing(
         status = (await bot.post(body, **tamper)).status
     assert status == 401
     session = SessionKey("slack", bot.slack.team_id, CHANNEL)
-    assert await bot.ctx.service.audit_log(session) == []
+    assert await bot.ctx.service.steering.audit_log(session) == []
     assert bot.slack.calls == [], "no Web API or response_url calls"
     assert fake_ember.requests_to("/features/search") == []
     assert await bot.edits() == {}
 
 
 async def test_steer_without_value_offers_a_picker_and_a_choice_applies_it(start: Start):
-    bot = await start(slack_command_prefix="ember-")
+    bot = await start(slack_overrides={"command_prefix": "ember-"})
     [picker] = await bot.command("/ember-steer", "&lt;pirate&gt;")  # Slack's form of <pirate>
     assert picker.body["response_type"] == "ephemeral"
     blocks = picker.body["blocks"]
@@ -225,8 +227,7 @@ async def test_steer_without_value_offers_a_picker_and_a_choice_applies_it(start
 
 async def test_only_configured_users_and_group_members_may_steer(start: Start):
     bot = await start(
-        slack_steer_users="U1ALICE",
-        slack_steer_usergroups="S1STEER",
+        slack_overrides={"steer_users": "U1ALICE", "steer_usergroups": "S1STEER"},
         usergroups={"S1STEER": ["U3CAROL"]},
     )
     [denied] = await bot.command("/steer", "pirate 0.5", user="U2BOB")
@@ -318,7 +319,7 @@ async def test_mention_streams_placeholder_then_paced_updates_then_final(
 
 
 async def test_redeliveries_bots_and_edits_are_ignored(start: Start, fake_ember: FakeEmber):
-    bot = await start(slack_listen_channel_ids="C2LISTEN")
+    bot = await start(slack_overrides={"listen_channel_ids": "C2LISTEN"})
     listened = {"channel": LISTENED, "channel_type": "channel"}
     event = mention("<@UBOT> hello", channel=LISTENED)
     await bot.event(event, "Ev1")

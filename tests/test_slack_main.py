@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 import yaml
 
-from adapters.slack_adapter import SlackBot, SlackSetupError, main
-from adapters.slack_manifest import build_manifest
+from adapters.slack.app import SlackBot, SlackSetupError, main
+from adapters.slack.manifest import build_manifest
 from bot.app import open_context
-from bot.commands.handlers import build_registry
+from bot.commands.catalog import build_registry
 from bot.settings import Settings
 from tests.fake_ember import FakeEmber
 from tests.fake_slack import FakeSlack, form_body, settings_for, signed_headers
@@ -94,21 +94,21 @@ def test_missing_credentials_are_named_one_line_each(clean_env, capsys, argv, mi
 
 async def test_wrong_or_unreachable_slack_fails_fast_with_a_clear_message(settings: Settings):
     async with FakeSlack() as slack:
-        wrong = settings_for(slack, settings, slack_bot_token="xoxb-wrong")
-        async with open_context(wrong) as ctx:
+        wrong = settings_for(slack, bot_token="xoxb-wrong")
+        async with open_context(settings) as ctx:
             with pytest.raises(
                 SlackSetupError, match="Slack rejected SLACK_BOT_TOKEN: invalid_auth"
             ):
-                await SlackBot(ctx).verify()
-        right = settings_for(slack, settings)
-        async with open_context(right) as ctx:
+                await SlackBot(ctx, wrong).verify()
+        right = settings_for(slack)
+        async with open_context(settings) as ctx:
             with pytest.raises(SlackSetupError, match="Slack rejected SLACK_APP_TOKEN"):
-                await SlackBot(ctx).verify(app_token="xapp-wrong")
-            await SlackBot(ctx).verify(app_token=slack.app_token)
-    offline = settings_for(slack, settings, slack_api_url="http://127.0.0.1:9/api/")
-    async with open_context(offline) as ctx:
+                await SlackBot(ctx, right).verify(app_token="xapp-wrong")
+            await SlackBot(ctx, right).verify(app_token=slack.app_token)
+    offline = settings_for(slack, api_url="http://127.0.0.1:9/api/")
+    async with open_context(settings) as ctx:
         with pytest.raises(SlackSetupError, match="Could not reach Slack at http://127.0.0.1:9"):
-            await SlackBot(ctx).verify()
+            await SlackBot(ctx, offline).verify()
 
 
 async def test_main_serves_http_mode_and_stops_cleanly_on_sigterm(
@@ -125,7 +125,7 @@ async def test_main_serves_http_mode_and_stops_cleanly_on_sigterm(
             "GOODFIRE_API_KEY": fake_ember.api_key,
             "DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
         }
-        code = "import sys; from adapters.slack_adapter import main; sys.exit(main(sys.argv[1:]))"
+        code = "import sys; from adapters.slack.app import main; sys.exit(main(sys.argv[1:]))"
         argv = ["--http", "--host", "127.0.0.1", "--port", str(port)]
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", code, *argv, env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE

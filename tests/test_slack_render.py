@@ -5,8 +5,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.slack_chat import RecentKeys, is_from_a_person
-from adapters.slack_render import (
+from adapters.slack.chat import RecentKeys, is_from_a_person
+from adapters.slack.render import (
     MAX_BLOCKS,
     SECTION_LIMIT,
     SlackRenderer,

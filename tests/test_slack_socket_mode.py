@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.slack_adapter import SlackBot, socket_mode
+from adapters.slack.app import SlackBot, socket_mode
 from bot.app import open_context
 from bot.commands.registry import CommandContext
+from bot.domain.types import SessionKey
 from bot.settings import Settings
-from bot.usecases.service import SessionKey
 from tests.fake_ember import FakeEmber, Fault
 from tests.fake_slack import FakeSlack, SlackCall, settings_for
 
@@ -27,8 +27,8 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 @pytest.fixture
 async def bot_ctx(settings: Settings, slack: FakeSlack) -> AsyncIterator[CommandContext]:
-    async with open_context(settings_for(slack, settings)) as context:
-        bot = SlackBot(context)
+    async with open_context(settings) as context:
+        bot = SlackBot(context, settings_for(slack))
         async with socket_mode(bot, slack.app_token):
             yield context
 
@@ -39,7 +39,7 @@ async def reply_to(slack: FakeSlack, fields: dict[str, str]) -> SlackCall:
 
 
 async def edits(ctx: CommandContext, slack: FakeSlack) -> dict[int, float]:
-    variant = await ctx.service.active_variant(SessionKey("slack", slack.team_id, CHANNEL))
+    variant = await ctx.service.variants.active(SessionKey("slack", slack.team_id, CHANNEL))
     return {index: edit.value for index, edit in variant.edits.items()}
 
 

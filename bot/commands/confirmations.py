@@ -17,13 +17,15 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-from bot.commands.registry import Command, CommandContext, Invocation, Permission, run_command
+from bot.commands.registry import Command, CommandContext, Invocation, Permission
 from bot.commands.replies import Reply, error_reply
+from bot.commands.runner import run_command
 from bot.domain.errors import UserInputError
 from bot.domain.types import FeatureEdit
 
 if TYPE_CHECKING:
-    from bot.usecases.service import Actor, EmberService, SessionKey
+    from bot.domain.types import Actor, SessionKey
+    from bot.usecases.service import EmberService
 
 PROPOSAL_TTL = 15 * 60.0
 MAX_PENDING = 500
@@ -110,7 +112,7 @@ async def _apply(ctx: CommandContext, inv: Invocation) -> Reply:
     proposal = proposals(ctx.service).take(inv.args["token"])
     if proposal is None:  # answered while this answer waited
         raise UserInputError(EXPIRED)
-    variant = await ctx.service.apply_edits(
+    variant = await ctx.service.steering.apply(
         inv.session, list(proposal.edits), inv.actor, action="autosteer.apply"
     )
     edits = "; ".join(f'"{e.feature.label}" {e.value:+.2f}' for e in proposal.edits)

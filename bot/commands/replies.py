@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from bot.domain.errors import EmberBotError
 from bot.domain.types import FeatureRef
+from bot.usecases.compare import ColumnsRun
 
 
 @dataclass(frozen=True)
@@ -37,16 +36,13 @@ class Attachment:
 class Confirmation:
     """A yes/no question: buttons on Discord and Slack, a y/n prompt in the console.
 
-    The adapter passes `token` back to `bot.commands.confirmations.answer(...)` with the user's choice.
+    The adapter passes `token` back to `bot.commands.confirmations.answer(...)` with the answer.
     """
 
     token: str
     prompt: str
     accept_label: str = "Apply"
     reject_label: str = "Cancel"
-
-
-DeltaSink = Callable[[int, str], Awaitable[None]]  # (column index, text delta)
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class StreamedColumns:
     """
 
     titles: tuple[str, ...]
-    run: Callable[[DeltaSink], Awaitable[list[tuple[str, EmberBotError | None]]]]
+    run: ColumnsRun
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ Every error carries `user_message`: a short, specific, actionable line safe to s
 
 from __future__ import annotations
 
+import math
+
 UNEXPECTED_ERROR = "Something went wrong on our side; it has been logged."
 
 
@@ -78,3 +80,29 @@ class DeliveryFailedError(EmberBotError):
 
     def __init__(self) -> None:
         super().__init__("The chat platform failed to show the rest of this reply; it stops here.")
+
+
+class RefusedError(UserInputError):
+    """Refused for load, not for what was asked. `action`/`scope` label the metric."""
+
+    def __init__(self, message: str, *, action: str, scope: str) -> None:
+        super().__init__(message)
+        self.action = action
+        self.scope = scope
+
+
+class SlowDownError(RefusedError):
+    def __init__(self, wait: float, *, action: str, scope: str) -> None:
+        seconds = max(1, math.ceil(wait))
+        who = "Slow down" if scope == "user" else "This channel is busy"
+        super().__init__(f"{who} — try again in {seconds} s.", action=action, scope=scope)
+        self.retry_after = wait
+
+
+class BackendBusyError(RefusedError):
+    def __init__(self, waiting: int) -> None:
+        super().__init__(
+            f"The bot is busy: {waiting} requests are already waiting. Try again in a minute.",
+            action="backend",
+            scope="queue",
+        )

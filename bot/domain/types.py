@@ -1,8 +1,31 @@
-"""Platform-neutral value types shared by the service, the gateway and storage."""
+"""Platform-neutral value types shared by the use cases, the backend client and storage."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """One channel on one platform: `platform:workspace:channel`."""
+
+    platform: str
+    workspace: str
+    channel: str
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.workspace}:{self.channel}"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked; recorded in the audit log."""
+
+    user_id: str
+    display_name: str
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.user_id})"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+
 from bot.backend.gateway import EmberGateway
 from bot.domain.errors import EmberBotError
 from bot.settings import Settings
@@ -24,10 +26,21 @@ class Finding:
     detail: str = ""
 
 
-def token_findings(settings: Settings) -> list[Finding]:
+@dataclass(frozen=True)
+class PlatformTokens:
+    """The chat platforms' credentials; adapters/cli.py reads them from the platforms' own
+    settings (bot/ never imports adapters)."""
+
+    discord_bot_token: SecretStr
+    slack_bot_token: SecretStr
+    slack_app_token: SecretStr
+    slack_signing_secret: SecretStr
+
+
+def token_findings(tokens: PlatformTokens) -> list[Finding]:
     """Shape checks of the platform tokens; they catch swapped or truncated pastes."""
     findings = []
-    discord = settings.discord_bot_token.get_secret_value()
+    discord = tokens.discord_bot_token.get_secret_value()
     if discord and not DISCORD_TOKEN.match(discord):
         findings.append(
             Finding(
@@ -37,13 +50,13 @@ def token_findings(settings: Settings) -> list[Finding]:
             )
         )
     slack = {
-        "SLACK_BOT_TOKEN": (settings.slack_bot_token.get_secret_value(), "xoxb-"),
-        "SLACK_APP_TOKEN": (settings.slack_app_token.get_secret_value(), "xapp-"),
+        "SLACK_BOT_TOKEN": (tokens.slack_bot_token.get_secret_value(), "xoxb-"),
+        "SLACK_APP_TOKEN": (tokens.slack_app_token.get_secret_value(), "xapp-"),
     }
     for name, (value, prefix) in slack.items():
         if value and not value.startswith(prefix):
             findings.append(Finding("slack", f"{name} should start with {prefix}"))
-    secret = settings.slack_signing_secret.get_secret_value()
+    secret = tokens.slack_signing_secret.get_secret_value()
     if secret and not SLACK_SIGNING_SECRET.match(secret):
         findings.append(
             Finding(
@@ -105,14 +118,14 @@ async def backend_finding(settings: Settings) -> Finding:
     return Finding("backend", None, f"{settings.goodfire_base_url} serves {model}")
 
 
-async def diagnose(settings: Settings) -> list[Finding]:
+async def diagnose(settings: Settings, tokens: PlatformTokens) -> list[Finding]:
     database, backend = await asyncio.gather(database_finding(settings), backend_finding(settings))
-    return [Finding("settings", None, "loaded"), database, backend, *token_findings(settings)]
+    return [Finding("settings", None, "loaded"), database, backend, *token_findings(tokens)]
 
 
-def run_doctor(settings: Settings) -> int:
+def run_doctor(settings: Settings, tokens: PlatformTokens) -> int:
     """Print one line per check; exit status 1 if any check found a problem."""
-    findings = asyncio.run(diagnose(settings))
+    findings = asyncio.run(diagnose(settings, tokens))
     for finding in findings:
         if finding.problem:
             print(f"PROBLEM  {finding.topic}: {finding.problem}")

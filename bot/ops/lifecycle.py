@@ -2,13 +2,9 @@
 
 Work is admitted with `async with lifecycle.track():` (raises ShuttingDownError once draining),
 and waits that may be cut short at shutdown run inside `async with lifecycle.interruptible():`
-(raises ShuttingDownError when cut). An adapter wraps a whole chat turn, final edit included,
-in `track()`, so a drain waits for the reply to be finalised:
-
-    async with ctx.service.lifecycle.track():
-        await stream.start()
-        result = await ctx.service.chat(...)   # an interrupted turn returns its partial text
-        await stream.finish(note, footer)      # with result.error explaining why it stopped
+(raises ShuttingDownError when cut). Adapters never call these themselves: a chat turn is
+admitted by `bot.usecases.chat_turn.run_chat_turn` (final edit included, so a drain waits for
+the reply to be finalised) and a command's reply by `bot.commands.runner.deliver`.
 
 `run(work, grace)` runs an adapter's main loop until it ends or SIGTERM/SIGINT arrives, then
 drains: a second signal skips the rest of the grace period.

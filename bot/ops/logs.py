@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
 from bot.settings import Settings
 
@@ -96,9 +97,9 @@ class Redactor:
             record.stack_info = self(record.stack_info)
 
 
-def secret_values(settings: Settings) -> list[str]:
-    """Every non-empty SecretStr setting, whichever adapter block declared it."""
-    values = (getattr(settings, name) for name in type(settings).model_fields)
+def secret_values(*settings: BaseSettings) -> list[str]:
+    """Every non-empty SecretStr setting of these settings objects (the core's, a platform's)."""
+    values = (getattr(each, name) for each in settings for name in type(each).model_fields)
     return [v.get_secret_value() for v in values if isinstance(v, SecretStr) and v]
 
 
@@ -146,8 +147,11 @@ class LoggingSetup:
         self.handler.close()
 
 
-def configure_logging(settings: Settings, stream: TextIO | None = None) -> LoggingSetup:
-    """Log to `stream` (stderr) at LOG_LEVEL in LOG_FORMAT, redacting every secret."""
+def configure_logging(
+    settings: Settings, stream: TextIO | None = None, *, platforms: Iterable[BaseSettings] = ()
+) -> LoggingSetup:
+    """Log to `stream` (stderr) at LOG_LEVEL in LOG_FORMAT, redacting every secret: the core's
+    and those in the chat platforms' settings (`platforms`)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
@@ -157,4 +161,4 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> Loggi
     for name in CHATTY_LOGGERS:
         quiet = max(level, logging.WARNING)
         logging.getLogger(name).setLevel(level if level <= logging.DEBUG else quiet)
-    return LoggingSetup(handler, Redactor(secret_values(settings)))
+    return LoggingSetup(handler, Redactor(secret_values(settings, *platforms)))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from bot.usecases.ratelimit import RefusedError
+from bot.domain.errors import RefusedError
 
 if TYPE_CHECKING:
     from bot.backend.breaker import CircuitBreaker

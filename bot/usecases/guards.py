@@ -1,41 +1,38 @@
 """Guards: a channel's active variant stops generating once a feature fires above a threshold.
 
 A guard is stored on the variant (so it follows /variant use and copies) and sent with every
-chat request as an abort scope (see `bot.backend.gateway.guard_scope`); the reply then ends with
+chat request as an abort scope (see the backend's `guard_scope`); the reply then ends with
 GenerationAbortedError naming the guard. Exports carry edits only: the SDK's `Variant.json()`
-does not round-trip conditional scopes (ember-api.md §3.8).
+does not round-trip conditional scopes (docs/ember-api.md §3.8).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot.domain.errors import UserInputError
-from bot.domain.types import Guard, VariantState, named_feature
-
-if TYPE_CHECKING:
-    from bot.usecases.service import Actor, EmberService, SessionKey
-    from storage.store import Store
-
-MAX_THRESHOLD = 1_000_000.0
+from bot.domain.types import Actor, Guard, SessionKey, VariantState, named_feature
+from bot.domain.validation import validate_guard_threshold
+from bot.usecases.steering import Steering
+from bot.usecases.variants import Variants
+from storage.store import Store
 
 
 class Guards:
-    def __init__(self, store: Store, service: EmberService, max_guards: int) -> None:
+    def __init__(
+        self, store: Store, variants: Variants, steering: Steering, max_guards: int
+    ) -> None:
         self._store = store
-        self._service = service
+        self._variants = variants
+        self._steering = steering
         self._max_guards = max_guards
 
     async def set(self, session: SessionKey, query: str, threshold: float, actor: Actor) -> Guard:
         """Guard the active variant on the feature `query` names (replacing its old guard)."""
-        if not math.isfinite(threshold) or not 0 <= threshold <= MAX_THRESHOLD:
-            raise UserInputError(
-                f"A guard threshold must be between 0 and {MAX_THRESHOLD:g}, got {threshold:g}."
-            )
-        variant = await self._service.active_variant(session)
-        guard = Guard(await self._service.resolve_feature(query), float(threshold))
+        threshold = validate_guard_threshold(threshold)
+        variant = await self._variants.active(session)
+        guard = Guard(await self._steering.resolve(query), threshold)
         guards = {**variant.guards, guard.feature.index_in_sae: guard}
         if len(guards) > self._max_guards:
             raise UserInputError(
@@ -52,13 +49,13 @@ class Guards:
 
     async def clear(self, session: SessionKey, query: str | None, actor: Actor) -> list[Guard]:
         """Remove the guard on the feature `query` names, or every guard; returns those removed."""
-        variant = await self._service.active_variant(session)
+        variant = await self._variants.active(session)
         if not variant.guards:
             raise UserInputError(f'Variant "{variant.name}" has no guards.')
         removed = variant.sorted_guards()
         if query:
             guarded = [g.feature for g in removed]
-            feature = named_feature(guarded, query) or await self._service.resolve_feature(query)
+            feature = named_feature(guarded, query) or await self._steering.resolve(query)
             if feature.index_in_sae not in variant.guards:
                 raise UserInputError(f'There is no guard on "{feature.label}" to clear.')
             removed = [variant.guards[feature.index_in_sae]]
@@ -76,5 +73,5 @@ class Guards:
         detail: dict[str, Any],
     ) -> None:
         await self._store.save_variant(
-            str(session), variant, actor=str(actor), action=action, detail=detail
+            session, variant, actor=str(actor), action=action, detail=detail
         )

@@ -8,45 +8,18 @@ was changed when one is raised.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from bot.domain.errors import UserInputError
+from bot.domain.errors import BackendBusyError, SlowDownError
 
 Clock = Callable[[], float]
 QueueCallback = Callable[[int], Awaitable[None]]
 
 _SWEEP_EVERY = 1024  # actions between sweeps that forget idle (full) buckets
-
-
-class RefusedError(UserInputError):
-    """Refused for load, not for what was asked. `action`/`scope` label the metric."""
-
-    def __init__(self, message: str, *, action: str, scope: str) -> None:
-        super().__init__(message)
-        self.action = action
-        self.scope = scope
-
-
-class SlowDownError(RefusedError):
-    def __init__(self, wait: float, *, action: str, scope: str) -> None:
-        seconds = max(1, math.ceil(wait))
-        who = "Slow down" if scope == "user" else "This channel is busy"
-        super().__init__(f"{who} — try again in {seconds} s.", action=action, scope=scope)
-        self.retry_after = wait
-
-
-class BackendBusyError(RefusedError):
-    def __init__(self, waiting: int) -> None:
-        super().__init__(
-            f"The bot is busy: {waiting} requests are already waiting. Try again in a minute.",
-            action="backend",
-            scope="queue",
-        )
 
 
 def queued_message(position: int) -> str:

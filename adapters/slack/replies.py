@@ -19,11 +19,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.webhook_response import WebhookResponse
 
-from adapters.slack_chat import FAILED_NOTE, NO_LINKING
-from adapters.slack_render import SlackMessage, SlackRenderer, escape
-from adapters.streaming import Column, StreamingColumns, ended_early_note
+from adapters.slack.chat import FAILED_NOTE, NO_LINKING
+from adapters.slack.render import SlackMessage, SlackRenderer, escape
+from adapters.streaming import Column, StreamingColumns
 from bot.commands.replies import Attachment, Reply
 from bot.domain.errors import EmberBotError
+from bot.usecases.chat_turn import ended_early_note
 
 log = logging.getLogger(__name__)
 

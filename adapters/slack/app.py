@@ -4,8 +4,8 @@
     ember-bot slack --http --port 3000    # HTTP mode: SLACK_BOT_TOKEN + SLACK_SIGNING_SECRET
     ember-bot slack manifest              # print the app manifest for the configured commands
 
-Slash commands and pickers live in slack_commands, streamed chat in slack_chat, Block Kit and
-escaping in slack_render, the manifest in slack_manifest.
+Slash commands and pickers live in commands.py, streamed chat in chat.py, Block Kit and
+escaping in render.py, the manifest in manifest.py, the settings in settings.py.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_chat import SlackChat
-from adapters.slack_commands import SlackCommands
-from adapters.slack_manifest import build_manifest, manifest_yaml
-from adapters.slack_permissions import SteerPermissions
-from adapters.slack_render import SlackRenderer
-from adapters.slack_replies import SlackReplies
-from bot.commands.handlers import build_registry
+from adapters.slack.chat import SlackChat
+from adapters.slack.commands import SlackCommands
+from adapters.slack.manifest import build_manifest, manifest_yaml
+from adapters.slack.permissions import SteerPermissions
+from adapters.slack.render import SlackRenderer
+from adapters.slack.replies import SlackReplies
+from adapters.slack.settings import SlackSettings
+from bot.commands.catalog import build_registry
 from bot.commands.registry import CommandContext
-from bot.settings import Settings, load_settings_or_report
+from bot.settings import Settings, load_or_report, load_settings_or_report
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,16 @@ class SlackSetupError(Exception):
 class SlackBot:
     """The Bolt app wired to the core: slash commands, feature pickers and streamed chat."""
 
-    def __init__(self, ctx: CommandContext, *, clock: Callable[[], float] = time.monotonic) -> None:
-        settings = ctx.settings
+    def __init__(
+        self,
+        ctx: CommandContext,
+        settings: SlackSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(),
-            base_url=settings.slack_api_url,
+            token=settings.bot_token.get_secret_value(),
+            base_url=settings.api_url,
             retry_handlers=[
                 AsyncConnectionErrorRetryHandler(),
                 AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
@@ -67,18 +73,16 @@ class SlackBot:
         with without_token_warning():
             self.app = AsyncApp(
                 client=self.client,
-                signing_secret=settings.slack_signing_secret.get_secret_value(),
+                signing_secret=settings.signing_secret.get_secret_value(),
                 name="ember-bot",
             )
-        renderer = SlackRenderer(
-            settings.slack_command_prefix, tuple(ctx.registry.top_level_names())
-        )
+        renderer = SlackRenderer(settings.command_prefix, tuple(ctx.registry.top_level_names()))
         permissions = SteerPermissions(
-            self.client, settings.slack_steer_user_ids, settings.slack_steer_usergroup_ids
+            self.client, settings.steer_user_ids, settings.steer_usergroup_ids
         )
         replies = SlackReplies(renderer, clock)
         SlackCommands(ctx, permissions, renderer, replies).register(self.app)
-        SlackChat(ctx, settings.slack_listen_channels, clock=clock).register(self.app)
+        SlackChat(ctx, settings.listen_channels, clock=clock).register(self.app)
 
     async def verify(self, app_token: str | None = None) -> None:
         """Fail fast, with a clear message, on a wrong token or an unreachable Slack."""
@@ -142,31 +146,33 @@ async def socket_mode(bot: SlackBot, app_token: str) -> AsyncIterator[AsyncSocke
         await handler.close_async()
 
 
-async def serve(ctx: CommandContext, *, http: bool, host: str, port: int) -> None:
+async def serve(
+    ctx: CommandContext, settings: SlackSettings, *, http: bool, host: str, port: int
+) -> None:
     """Run the Slack bot until cancelled; `run` runs it under bot.app.run_app (drain on SIGTERM)."""
-    bot = SlackBot(ctx)
+    bot = SlackBot(ctx, settings)
     if http:
         await bot.verify()
         async with http_server(bot, host, port):
             log.info("listening for Slack on http://%s:%d%s", host, port, EVENTS_PATH)
             await asyncio.Event().wait()
     else:
-        app_token = ctx.settings.slack_app_token.get_secret_value()
+        app_token = settings.app_token.get_secret_value()
         await bot.verify(app_token)
         async with socket_mode(bot, app_token):
             log.info("connected to Slack (Socket Mode)")
             await asyncio.Event().wait()
 
 
-def missing_credentials(settings: Settings, *, http: bool) -> list[str]:
+def missing_credentials(settings: SlackSettings, *, http: bool) -> list[str]:
     required = [
-        ("SLACK_BOT_TOKEN", settings.slack_bot_token, "the bot token (xoxb-...)"),
+        ("SLACK_BOT_TOKEN", settings.bot_token, "the bot token (xoxb-...)"),
         (
-            ("SLACK_SIGNING_SECRET", settings.slack_signing_secret, "needed for --http")
+            ("SLACK_SIGNING_SECRET", settings.signing_secret, "needed for --http")
             if http
             else (
                 "SLACK_APP_TOKEN",
-                settings.slack_app_token,
+                settings.app_token,
                 "an app-level token (xapp-...) with connections:write, or run with --http",
             )
         ),
@@ -209,24 +215,28 @@ def main(argv: list[str]) -> int:
     else:
         args = build_parser().parse_args(argv)
     settings = load_settings_or_report()
-    if settings is None:
+    slack_settings = load_or_report(SlackSettings)
+    if settings is None or slack_settings is None:
         return 2
     if manifest:
-        return print_manifest(settings, args.request_url)
-    host = args.host or settings.slack_http_host
-    return run(settings, http=args.http, host=host, port=args.port or settings.slack_http_port)
+        return print_manifest(slack_settings, args.request_url)
+    host = args.host or slack_settings.http_host
+    port = args.port or slack_settings.http_port
+    return run(settings, slack_settings, http=args.http, host=host, port=port)
 
 
-def print_manifest(settings: Settings, request_url: str | None) -> int:
+def print_manifest(settings: SlackSettings, request_url: str | None) -> int:
     manifest = build_manifest(
-        build_registry(), prefix=settings.slack_command_prefix, request_url=request_url
+        build_registry(), prefix=settings.command_prefix, request_url=request_url
     )
     print(manifest_yaml(manifest), end="")
     return 0
 
 
-def run(settings: Settings, *, http: bool, host: str, port: int) -> int:
-    problems = missing_credentials(settings, http=http)
+def run(
+    settings: Settings, slack_settings: SlackSettings, *, http: bool, host: str, port: int
+) -> int:
+    problems = missing_credentials(slack_settings, http=http)
     if not settings.has_backend:
         problems.append("No model backend: set GOODFIRE_BASE_URL (and GOODFIRE_API_KEY).")
     for problem in problems:
@@ -235,5 +245,9 @@ def run(settings: Settings, *, http: bool, host: str, port: int) -> int:
         return 2
     from bot.app import run_app, run_blocking  # imports goodfire (slow); `manifest` needs none
 
-    work = run_app(settings, partial(serve, http=http, host=host, port=port))
-    return run_blocking(settings, work, setup_errors=(SlackSetupError,))
+    work = run_app(
+        settings, partial(serve, settings=slack_settings, http=http, host=host, port=port)
+    )
+    return run_blocking(
+        settings, work, platforms=(slack_settings,), setup_errors=(SlackSetupError,)
+    )

@@ -4,7 +4,7 @@ Each registry Command becomes an app command (a first word shared by several pat
 group) whose options are typed from the Args; an "attachment" Arg is a file option whose text
 (at most `max_command_chars` bytes, UTF-8) is the value. A callback validates the options and
 refuses the unauthorised at once, else defers, runs the command through the core (which also
-applies the rate limits) and sends the Reply as a follow-up (discord_replies): public normally,
+applies the rate limits) and sends the Reply as a follow-up (replies.py): public normally,
 ephemeral for errors and private replies.
 """
 
@@ -14,26 +14,20 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
 
-from adapters.discord_access import actor_for, can_steer, session_key
-from adapters.discord_replies import FollowUps, answer_now
-from bot.commands.registry import (
-    Arg,
-    Command,
-    CommandContext,
-    Invocation,
-    Permission,
-    coerce_options,
-    run_command,
-)
+from adapters.discord.permissions import actor_for, can_steer, session_key
+from adapters.discord.replies import Deferred, FollowUps, answer_now
+from bot.commands.parsing import coerce_options
+from bot.commands.registry import Arg, Command, CommandContext, Invocation, Permission
 from bot.commands.render import shorten
 from bot.commands.replies import error_reply
+from bot.commands.runner import deliver, run_command
 from bot.domain.errors import EmberBotError, UserInputError
-from bot.ops.lifecycle import ShuttingDownError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +44,12 @@ Completer = Callable[[discord.Interaction, str], Coroutine[Any, Any, Choices]]
 class SlashCommands:
     """Builds the app commands for a CommandTree and runs the core for each interaction."""
 
-    def __init__(self, ctx: CommandContext, follow_ups: FollowUps) -> None:
+    def __init__(
+        self, ctx: CommandContext, follow_ups: FollowUps, steer_roles: frozenset[str]
+    ) -> None:
         self._ctx = ctx
         self._follow_ups = follow_ups
-        self._steer_roles = ctx.settings.discord_steer_role_set
+        self._steer_roles = steer_roles
         self._completers: dict[str, Completer] = {
             "feature": self.complete_feature,
             "variant": self.complete_variant,
@@ -138,13 +134,8 @@ class SlashCommands:
             # run_command words the refusal without running the handler: answer at once
             await answer_now(interaction, await run_command(self._ctx, command, invocation))
             return
-        try:
-            async with self._ctx.service.lifecycle.track():  # a shutdown waits for the follow-up
-                await interaction.response.defer(thinking=True)
-                reply = await run_command(self._ctx, command, invocation)
-                await self._follow_ups.send(interaction, reply)
-        except ShuttingDownError as error:
-            await answer_now(interaction, error_reply(error.user_message))
+        delivery = Deferred(interaction, self._follow_ups.send)
+        await deliver(self._ctx, partial(run_command, self._ctx, command, invocation), delivery)
 
     # --- autocomplete -----------------------------------------------------------------------
 
@@ -153,7 +144,7 @@ class SlashCommands:
         query = current.strip()
         if not query or "=" in query:  # nothing yet, or batch syntax the user types freely
             return []
-        search = self._ctx.service.search_features(query, MAX_CHOICES)
+        search = self._ctx.service.steering.search(query, MAX_CHOICES)
         features = await _within_deadline(search, "feature search")
         return [
             app_commands.Choice(
@@ -165,7 +156,7 @@ class SlashCommands:
 
     async def complete_variant(self, interaction: discord.Interaction, current: str) -> Choices:
         session = session_key(interaction.guild_id, interaction.channel_id)
-        listing = await _within_deadline(self._ctx.service.list_variants(session), "variant list")
+        listing = await _within_deadline(self._ctx.service.variants.list(session), "variant list")
         prefix = current.strip().lower()
         names = [v.name for v in listing.variants if v.name.startswith(prefix)] if listing else []
         return [app_commands.Choice(name=n, value=n) for n in names[:MAX_CHOICES]]

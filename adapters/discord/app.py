@@ -21,13 +21,14 @@ import discord
 from discord import app_commands
 from discord.http import Route
 
-from adapters.discord_chat import ChatResponder, Clock, is_addressed_to_bot
-from adapters.discord_commands import SlashCommands
-from adapters.discord_confirm import ConfirmationButtons
-from adapters.discord_render import NO_PINGS
-from adapters.discord_replies import FollowUps
+from adapters.discord.chat import ChatResponder, Clock, is_addressed_to_bot
+from adapters.discord.commands import SlashCommands
+from adapters.discord.confirmations import ConfirmationButtons
+from adapters.discord.render import NO_PINGS
+from adapters.discord.replies import FollowUps
+from adapters.discord.settings import DiscordSettings
 from bot.commands.registry import CommandContext
-from bot.settings import NO_BACKEND_HELP, Settings, load_settings_or_report
+from bot.settings import NO_BACKEND_HELP, Settings, load_or_report, load_settings_or_report
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +47,35 @@ NO_TOKEN_HELP = (
 BAD_TOKEN_HELP = "Discord rejected DISCORD_BOT_TOKEN. Reset the token in the Developer Portal."
 
 
-def bot_intents(settings: Settings) -> discord.Intents:
+def bot_intents(settings: DiscordSettings) -> discord.Intents:
     """Guild and DM messages; mentions and DMs carry their text without the privileged
     Message Content intent, which only listen channels need."""
     intents = discord.Intents.none()
     intents.guilds = intents.guild_messages = intents.dm_messages = True
-    intents.message_content = bool(settings.discord_listen_channels)
+    intents.message_content = bool(settings.listen_channels)
     return intents
 
 
 class EmberDiscordBot(discord.Client):
     def __init__(
-        self, ctx: CommandContext, *, clock: Clock = time.monotonic, **options: Any
+        self,
+        ctx: CommandContext,
+        settings: DiscordSettings,
+        *,
+        clock: Clock = time.monotonic,
+        **options: Any,
     ) -> None:
-        settings = ctx.settings
         super().__init__(
             intents=bot_intents(settings), allowed_mentions=NO_PINGS, max_messages=None, **options
         )
         self.tree = app_commands.CommandTree(self)
-        buttons = ConfirmationButtons(ctx)
+        buttons = ConfirmationButtons(ctx, settings.steer_role_set)
         buttons.install(self)
-        SlashCommands(ctx, FollowUps(buttons.view, clock)).install(self.tree)
+        follow_ups = FollowUps(buttons.view, clock)
+        SlashCommands(ctx, follow_ups, settings.steer_role_set).install(self.tree)
         self._chat = ChatResponder(ctx, clock)
-        self._listen_channels = settings.discord_listen_channels
-        self._dev_guilds = settings.discord_dev_guilds
+        self._listen_channels = settings.listen_channels
+        self._dev_guilds = settings.dev_guilds
 
     async def on_message(self, message: discord.Message) -> None:
         if self.user and is_addressed_to_bot(message, self.user.id, self._listen_channels):
@@ -96,17 +102,17 @@ def invite_url(client_id: int) -> str:
     return discord.utils.oauth_url(client_id, permissions=PERMISSIONS, scopes=SCOPES)
 
 
-def use_api_base(settings: Settings) -> None:
+def use_api_base(settings: DiscordSettings) -> None:
     """Send every REST call, webhook and interaction callback to DISCORD_API_BASE: they all
     build their URLs from `Route.BASE`, process-wide."""
-    Route.BASE = settings.discord_api_base
+    Route.BASE = settings.api_base
 
 
-async def serve(ctx: CommandContext, *, token: str) -> None:
+async def serve(ctx: CommandContext, settings: DiscordSettings) -> None:
     """Run the bot until cancelled (`bot.app.run_app` drains it on SIGTERM/SIGINT)."""
-    use_api_base(ctx.settings)
-    async with EmberDiscordBot(ctx) as bot:
-        await bot.start_up(token)
+    use_api_base(settings)
+    async with EmberDiscordBot(ctx, settings) as bot:
+        await bot.start_up(settings.bot_token.get_secret_value())
         await bot.connect()
 
 
@@ -118,9 +124,10 @@ def main(argv: list[str]) -> int:
         print(invite_url(args.client_id))
         return 0
     settings = load_settings_or_report()
-    if settings is None:
+    discord_settings = load_or_report(DiscordSettings)
+    if settings is None or discord_settings is None:
         return 2
-    token = settings.discord_bot_token.get_secret_value()
+    token = discord_settings.bot_token.get_secret_value()
     if not token:
         print(NO_TOKEN_HELP, file=sys.stderr)
         return 2
@@ -131,7 +138,8 @@ def main(argv: list[str]) -> int:
 
     return run_blocking(
         settings,
-        _run_action(args, settings, token),
+        _run_action(args, settings, discord_settings),
+        platforms=(discord_settings,),
         setup_errors=(discord.LoginFailure,),
         describe=lambda _: BAD_TOKEN_HELP,
     )
@@ -147,17 +155,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_action(args: argparse.Namespace, settings: Settings, token: str) -> None:
+async def _run_action(
+    args: argparse.Namespace, settings: Settings, discord_settings: DiscordSettings
+) -> None:
     from bot.app import open_context, run_app  # imports goodfire (slow); invite-url needs none
 
     if args.action is None:
-        await run_app(settings, partial(serve, token=token))  # drains on SIGTERM/SIGINT
+        # drains on SIGTERM/SIGINT
+        await run_app(settings, partial(serve, settings=discord_settings))
         return
-    use_api_base(settings)
+    use_api_base(discord_settings)
+    token = discord_settings.bot_token.get_secret_value()
     if args.action == "invite-url":
         print(invite_url(await _application_id(token)))
         return
-    async with open_context(settings) as ctx, EmberDiscordBot(ctx) as bot:
+    async with open_context(settings) as ctx, EmberDiscordBot(ctx, discord_settings) as bot:
         await bot.login(token)
         count = await bot.sync_commands(args.guild)
     where = f"guild {args.guild}" if args.guild else "all guilds (may take up to an hour)"

@@ -17,15 +17,13 @@ from contextlib import AsyncExitStack
 
 import discord
 
-from adapters.discord_access import actor_for, session_key
-from adapters.discord_render import DISCORD_LIMITS, NO_PINGS
-from adapters.streaming import StreamingMessage, ended_early_note
-from bot.commands.handlers import steering_footer
+from adapters.discord.permissions import actor_for, session_key
+from adapters.discord.render import DISCORD_LIMITS, NO_PINGS
+from adapters.streaming import StreamingMessage
 from bot.commands.registry import CommandContext
-from bot.domain.errors import UNEXPECTED_ERROR, UserInputError
-from bot.ops.lifecycle import ShuttingDownError
+from bot.domain.errors import UNEXPECTED_ERROR
+from bot.usecases.chat_turn import TurnOutcome, run_chat_turn
 from bot.usecases.ratelimit import queued_message
-from bot.usecases.service import Actor, SessionKey
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +78,37 @@ class ReplySink:
         await handle.edit(content=text, allowed_mentions=NO_PINGS)
 
 
+class DiscordTurn:
+    """One chat turn in a Discord channel: "typing" until the first token, then the reply
+    streamed into messages, ending with the note (if any) and the steering footer."""
+
+    def __init__(
+        self, channel: discord.abc.Messageable, sink: ReplySink, stream: StreamingMessage
+    ) -> None:
+        self._channel = channel
+        self._sink = sink
+        self._stream = stream
+        self._typing = AsyncExitStack()
+
+    async def begin(self) -> None:
+        await self._typing.enter_async_context(self._channel.typing())
+
+    async def queued(self, position: int) -> None:
+        await self._sink.notice(queued_message(position))
+
+    async def push(self, delta: str) -> None:
+        await self._typing.aclose()  # the first token ends "typing"; later calls do nothing
+        await self._stream.push(delta)
+
+    async def finish(self, outcome: TurnOutcome) -> None:
+        await self._typing.aclose()
+        note = (
+            outcome.note if outcome.kind == "refused" or not outcome.note else f"⚠ {outcome.note}"
+        )
+        footer = f"-# {outcome.footer}" if outcome.footer else ""
+        await self._stream.finish(note, footer)
+
+
 class ChatResponder:
     def __init__(self, ctx: CommandContext, clock: Clock = time.monotonic) -> None:
         self._ctx = ctx
@@ -87,43 +116,8 @@ class ChatResponder:
 
     async def respond(self, message: discord.Message, bot_id: int) -> None:
         session = session_key(message.guild.id if message.guild else None, message.channel.id)
-        actor = actor_for(message.author)
-        text = strip_mention(message.content, bot_id)
         sink = ReplySink(message)
         stream = StreamingMessage(sink, DISCORD_LIMITS, clock=self._clock)
-        try:
-            async with self._ctx.service.lifecycle.track():  # a shutdown waits for the final edit
-                note, footer = await self._turn(message.channel, session, actor, text, sink, stream)
-                await stream.finish(note, footer)
-        except ShuttingDownError as error:
-            await sink.post(error.user_message)
-
-    async def _turn(
-        self,
-        channel: discord.abc.Messageable,
-        session: SessionKey,
-        actor: Actor,
-        text: str,
-        sink: ReplySink,
-        stream: StreamingMessage,
-    ) -> tuple[str, str]:
-        """Stream one chat turn into `stream`; returns the final note and footer."""
-        async with AsyncExitStack() as typing:
-            await typing.enter_async_context(channel.typing())
-
-            async def show(delta: str) -> None:
-                await typing.aclose()  # the first token ends "typing"; later calls do nothing
-                await stream.push(delta)
-
-            async def queued(position: int) -> None:
-                await sink.notice(queued_message(position))
-
-            try:
-                result = await self._ctx.service.chat(session, actor, text, show, queued)
-            except UserInputError as error:  # bad input, rate limits: nothing was stored
-                return error.user_message, ""
-            except Exception:
-                log.exception("chat turn failed in %s", session)
-                return FAILURE_NOTE, ""
-        note = f"⚠ {ended_early_note(result.error)}" if result.error else ""
-        return note, f"-# {steering_footer(result.variant)}"
+        turn = DiscordTurn(message.channel, sink, stream)
+        text = strip_mention(message.content, bot_id)
+        await run_chat_turn(self._ctx.service, session, actor_for(message.author), text, turn)

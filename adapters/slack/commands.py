@@ -1,5 +1,5 @@
 """Slash commands, the feature picker and Apply/Cancel buttons: ack at once, run the command,
-answer via response_url (slack_replies).
+answer via response_url (replies.py).
 
 Replies marked ephemeral (errors, pickers, help) are shown only to the caller; the rest, such as
 steering confirmations, go to the channel. A click on Apply or Cancel is answered like a
@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_permissions import SteerPermissions
-from adapters.slack_render import (
+from adapters.slack.permissions import SteerPermissions
+from adapters.slack.render import (
     ACCEPT,
     CONFIRM_BUTTON,
     FEATURE_SELECT,
@@ -31,19 +32,14 @@ from adapters.slack_render import (
     selected_feature,
     without_buttons,
 )
-from adapters.slack_replies import ReplyTarget, Respond, SlackReplies, respond_message
+from adapters.slack.replies import ReplyTarget, Respond, SlackReplies, respond_message
 from bot.commands.confirmations import EXPIRED, answer
-from bot.commands.registry import (
-    CommandContext,
-    Invocation,
-    coerce_options,
-    run_command,
-    run_text_command,
-)
+from bot.commands.parsing import coerce_options
+from bot.commands.registry import CommandContext, Invocation
 from bot.commands.replies import Reply, error_reply
+from bot.commands.runner import deliver, run_command, run_text_command
 from bot.domain.errors import UserInputError
-from bot.ops.lifecycle import ShuttingDownError
-from bot.usecases.service import Actor, SessionKey
+from bot.domain.types import Actor, SessionKey
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +102,19 @@ class SlackCommands:
         can_steer = await self._permissions.allows(actor.user_id)
         invocation = Invocation(session, actor, {}, can_steer)
         accept = action["action_id"] == ACCEPT
-        try:
-            async with self._ctx.service.lifecycle.track():
-                reply = await answer(self._ctx, action["value"], accept, invocation)
-        except ShuttingDownError as error:
-            reply = error_reply(error.user_message)
+        await deliver(
+            self._ctx,
+            partial(answer, self._ctx, action["value"], accept, invocation),
+            ConfirmationAnswer(self, body, respond, answered_line(accept, actor.display_name)),
+        )
+
+    async def show_answer(
+        self, body: dict[str, Any], respond: Respond, reply: Reply, answered: str
+    ) -> None:
         if reply.is_error:
             await self._refuse(body, reply, respond)
             return
-        await mark_answered(body, respond, answered_line(accept, actor.display_name))
+        await mark_answered(body, respond, answered)
         await self._replies.respond(respond, reply)  # to the channel, like a /steer
 
     async def _refuse(self, body: dict[str, Any], reply: Reply, respond: Respond) -> None:
@@ -161,3 +161,21 @@ def clicked_by(body: dict[str, Any]) -> tuple[SessionKey, Actor]:
     team = (body.get("team") or {}).get("id") or user.get("team_id", "")
     actor = Actor(user["id"], user.get("username") or user.get("name") or user["id"])
     return SessionKey(PLATFORM, team, body["channel"]["id"]), actor
+
+
+class ConfirmationAnswer:
+    """Delivers the answer to an Apply/Cancel click (already acknowledged)."""
+
+    def __init__(
+        self, commands: SlackCommands, body: dict[str, Any], respond: Respond, answered: str
+    ) -> None:
+        self._commands = commands
+        self._body = body
+        self._respond = respond
+        self._answered = answered
+
+    async def begin(self) -> None:
+        pass
+
+    async def send(self, reply: Reply) -> None:
+        await self._commands.show_answer(self._body, self._respond, reply, self._answered)

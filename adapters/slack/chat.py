@@ -19,19 +19,12 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_render import escape, plain_text
-from adapters.streaming import (
-    PlatformLimits,
-    StreamingMessage,
-    ended_early_note,
-    split_for_limit,
-    utf8_length,
-)
-from bot.commands.handlers import steering_footer
+from adapters.slack.render import escape, plain_text
+from adapters.streaming import PlatformLimits, StreamingMessage, split_for_limit, utf8_length
 from bot.commands.registry import CommandContext
-from bot.domain.errors import UNEXPECTED_ERROR, UserInputError
-from bot.ops.lifecycle import ShuttingDownError
-from bot.usecases.service import Actor, SessionKey
+from bot.domain.errors import UNEXPECTED_ERROR
+from bot.domain.types import Actor, SessionKey
+from bot.usecases.chat_turn import TurnOutcome, run_chat_turn
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +95,28 @@ class SlackMessageSink:
         )
 
 
+class SlackTurn:
+    """One chat turn in Slack: a placeholder at once, the reply streamed into it, then the
+    note (if any) and the steering footer."""
+
+    def __init__(self, stream: StreamingMessage) -> None:
+        self._stream = stream
+
+    async def begin(self) -> None:
+        await self._stream.start()
+
+    async def queued(self, position: int) -> None:
+        pass  # the placeholder already shows that the bot is on it
+
+    async def push(self, delta: str) -> None:
+        await self._stream.push(delta)
+
+    async def finish(self, outcome: TurnOutcome) -> None:
+        note = f"⚠️ {outcome.note}" if outcome.note else ""
+        footer = f"_{outcome.footer}_" if outcome.footer else ""
+        await self._stream.finish(note, footer)
+
+
 def is_from_a_person(event: dict[str, Any], bot_user_id: str | None) -> bool:
     """False for bots (ourselves included) and for edits, deletions and other subtypes."""
     return (
@@ -158,31 +173,8 @@ class SlackChat:
     async def _reply(
         self, session: SessionKey, actor: Actor, text: str, sink: SlackMessageSink
     ) -> None:
-        """Placeholder, streamed turn, final edit; a drain at shutdown waits for all of it."""
-        try:
-            async with self._ctx.service.lifecycle.track():
-                stream = StreamingMessage(sink, SLACK_LIMITS, clock=self._clock)
-                await stream.start()
-                note, footer = await self._turn(session, actor, text, stream)
-                await stream.finish(note, footer)
-        except ShuttingDownError as error:
-            await sink.post(f"⚠️ {error.user_message}")
-
-    async def _turn(
-        self, session: SessionKey, actor: Actor, text: str, stream: StreamingMessage
-    ) -> tuple[str, str]:
-        """Run one chat turn into `stream`; returns the final note and footer."""
-        try:
-            result = await self._ctx.service.chat(session, actor, text, stream.push)
-        except UserInputError as error:
-            return f"⚠️ {error.user_message}", ""
-        except SlackApiError:
-            raise  # Slack itself failed: nothing more can be shown; _answer logs it
-        except Exception:
-            log.exception("chat turn failed in %s", session)
-            return FAILED_NOTE, ""
-        note = f"⚠️ {ended_early_note(result.error)}" if result.error else ""
-        return note, f"_{steering_footer(result.variant)}_"
+        stream = StreamingMessage(sink, SLACK_LIMITS, clock=self._clock)
+        await run_chat_turn(self._ctx.service, session, actor, text, SlackTurn(stream))
 
     def _first_delivery(self, body: dict[str, Any]) -> bool:
         event = body["event"]

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import discord
 
-from adapters.discord_access import actor_for, can_steer, session_key
-from adapters.discord_render import NO_PINGS, render_reply, truncate
-from adapters.discord_replies import answer_now
+from adapters.discord.permissions import actor_for, can_steer, session_key
+from adapters.discord.render import NO_PINGS, render_reply, truncate
+from adapters.discord.replies import Deferred
 from bot.commands.confirmations import EXPIRED, answer
 from bot.commands.registry import CommandContext, Invocation
 from bot.commands.render import shorten
-from bot.commands.replies import Confirmation, Reply, error_reply
-from bot.ops.lifecycle import ShuttingDownError
+from bot.commands.replies import Confirmation, Reply
+from bot.commands.runner import deliver
 
 CUSTOM_ID = "ember:confirm:{choice}:{token}"
 TEMPLATE = r"ember:confirm:(?P<choice>accept|reject):(?P<token>[^:]+)"
@@ -68,9 +69,9 @@ class ConfirmButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=TEM
 
 
 class ConfirmationButtons:
-    def __init__(self, ctx: CommandContext) -> None:
+    def __init__(self, ctx: CommandContext, steer_roles: frozenset[str]) -> None:
         self._ctx = ctx
-        self._steer_roles = ctx.settings.discord_steer_role_set
+        self._steer_roles = steer_roles
         self._button = ConfirmButton.bound_to(self.on_click)
 
     def install(self, client: discord.Client) -> None:
@@ -91,17 +92,17 @@ class ConfirmationButtons:
             {},
             can_steer=can_steer(interaction.user, interaction.permissions, self._steer_roles),
         )
-        try:
-            async with self._ctx.service.lifecycle.track():
-                await interaction.response.defer()  # acknowledged; the message is edited next
-                reply = await answer(self._ctx, token, accept, invocation)
-                if reply.is_error:
-                    await refuse(interaction, reply)
-                else:
-                    await mark_answered(interaction, answered_line(accept, actor.display_name))
-                    await interaction.followup.send(render_reply(reply), allowed_mentions=NO_PINGS)
-        except ShuttingDownError as error:
-            await answer_now(interaction, error_reply(error.user_message))
+
+        async def show(interaction: discord.Interaction, reply: Reply) -> None:
+            if reply.is_error:
+                await refuse(interaction, reply)
+                return
+            await mark_answered(interaction, answered_line(accept, actor.display_name))
+            await interaction.followup.send(render_reply(reply), allowed_mentions=NO_PINGS)
+
+        produce = partial(answer, self._ctx, token, accept, invocation)
+        # acknowledged at once; the question's message is edited next
+        await deliver(self._ctx, produce, Deferred(interaction, show, thinking=False))
 
 
 def answered_line(accept: bool, name: str) -> str:

@@ -16,11 +16,12 @@ from typing import Any
 import discord
 from discord.utils import MISSING
 
-from adapters.discord_chat import FAILURE_NOTE
-from adapters.discord_render import NO_PINGS, column_embeds, render_reply, reply_file, with_prompt
-from adapters.streaming import Column, StreamingColumns, ended_early_note
+from adapters.discord.chat import FAILURE_NOTE
+from adapters.discord.render import NO_PINGS, column_embeds, render_reply, reply_file, with_prompt
+from adapters.streaming import Column, StreamingColumns
 from bot.commands.replies import Confirmation, Reply, StreamedColumns
 from bot.domain.errors import EmberBotError
+from bot.usecases.chat_turn import ended_early_note
 
 Clock = Callable[[], float]
 ViewFor = Callable[[Confirmation], discord.ui.View]
@@ -32,6 +33,33 @@ async def answer_now(interaction: discord.Interaction, reply: Reply) -> None:
     await interaction.response.send_message(
         render_reply(reply), ephemeral=True, allowed_mentions=NO_PINGS
     )
+
+
+class Deferred:
+    """Delivers one reply to an interaction: deferred at once, then `show` sends the reply as
+    its follow-up; if it was refused before deferring, the refusal is answered privately."""
+
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        show: Callable[[discord.Interaction, Reply], Awaitable[None]],
+        *,
+        thinking: bool = True,
+    ) -> None:
+        self._interaction = interaction
+        self._show = show
+        self._thinking = thinking
+        self._deferred = False
+
+    async def begin(self) -> None:
+        await self._interaction.response.defer(thinking=self._thinking)
+        self._deferred = True
+
+    async def send(self, reply: Reply) -> None:
+        if self._deferred:
+            await self._show(self._interaction, reply)
+        else:
+            await answer_now(self._interaction, reply)
 
 
 class FollowUps:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from bot.usecases.service import Actor, SessionKey
+from bot.domain.types import Actor, SessionKey
 
 
 def session_key(guild_id: int | None, channel_id: int | None) -> SessionKey:
