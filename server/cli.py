@@ -13,8 +13,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from server.app import create_app
-from server.presets import PRESETS, ModelBundle, load_bundle, load_preset
+from server.api.app import create_app
+from server.model.presets import PRESETS, ModelBundle, load_bundle, load_preset
 
 STARTUP_TIMEOUT = 60.0
 

@@ -1,7 +1,7 @@
 """Request bodies of the Ember API, with the limits the hosted service enforced.
 
 Every body names the `model`; the app checks it against the served model (see
-`server.app.served_model_check`), since that id is only known at run time.
+`server.api.model_check`), since that id is only known at run time.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.controller import WireController
+from server.engine.controller import WireController
 
 MAX_MESSAGES = 128
 MAX_COMPLETION_TOKENS = 8192
@@ -38,7 +38,7 @@ class ChatCompletionRequest(ModelRequest):
     messages: Messages
     stream: bool = False
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_COMPLETION_TOKENS)
-    temperature: float = Field(default=0.6, ge=0, le=2)
+    temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=0.9, ge=0, le=1)
     stop: StopStrings | None = None
     seed: int | None = None

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.ids import UnknownFeatureError
+from server.model.ids import UnknownFeatureError
 
 InterventionMode = Literal["nudge", "pin", "mul"]
 ComparisonOperator = Literal[">", "<", "==", ">=", "<=", "!="]

@@ -1,7 +1,7 @@
 """What the server serves: a model, its tokenizer, an SAE on one layer, and the SAE's labels.
 
-`tiny` is built in memory (see server/tiny.py). The other presets name real public model/SAE
-pairs; their files are downloaded from the Hugging Face Hub on the user's machine.
+`tiny` is built in memory (see server/model/tiny/build.py). The other presets name real public
+model/SAE pairs; their files are downloaded from the Hugging Face Hub on the user's machine.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from server.labels import DEFAULT_EMBEDDING_MODEL, LabelIndex
-from server.sae import SparseAutoencoder, load_sae
-from server.tiny import MODEL_ID as TINY_MODEL_ID
-from server.tiny import SAE_ID as TINY_SAE_ID
-from server.tiny import TINY_PLANTED, build_tiny_parts
+from server.model.labels import DEFAULT_EMBEDDING_MODEL, LabelIndex
+from server.model.sae import SparseAutoencoder, load_sae
+from server.model.tiny.build import MODEL_ID as TINY_MODEL_ID
+from server.model.tiny.build import SAE_ID as TINY_SAE_ID
+from server.model.tiny.build import build_tiny_parts
+from server.model.tiny.vocabulary import TINY_PLANTED
 
 __all__ = [
     "PRESETS",

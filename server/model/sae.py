@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from server.hub import download
+from server.model.hub import download
 
 Activation = Literal["relu", "jumprelu", "topk"]
 T = TypeVar("T")
