@@ -56,8 +56,8 @@ from bot.ops.logs import configure_logging
 from bot.settings import Settings
 from bot.usecases.conversation import speaker_line
 from storage.store import DEFAULT_VARIANT, Store, StoredMessage
-from tests.fake_ember import DEFAULT_CATALOG, FakeEmber, Latency
-from tests.reliability_helpers import loop_watch, relaxed
+from tests.support.fake_ember import DEFAULT_CATALOG, FakeEmber, Latency
+from tests.support.reliability_helpers import loop_watch, relaxed
 
 INSTANT = Latency()
 SEA_TEXT = "the ship sailed on across a calm grey sea while all the crew sang"

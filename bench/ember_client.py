@@ -19,7 +19,7 @@ import goodfire
 
 from bench.common import format_table, summary_ms
 from bot.backend.gateway import EmberGateway
-from tests.fake_ember import FakeEmber
+from tests.support.fake_ember import FakeEmber
 
 Search = Callable[[], Awaitable[object]]
 

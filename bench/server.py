@@ -146,7 +146,7 @@ async def workload(http: httpx.AsyncClient, args: argparse.Namespace) -> Workloa
         features = tuple(int(index) for index in args.features.split(","))
         return Workload(model, features, args.steer_value, args.steer_value)
     if model == "ember-tiny":
-        from server.presets import TINY_PLANTED
+        from server.model.presets import TINY_PLANTED
 
         planted = tuple(index for index, _words in TINY_PLANTED.values())
         return Workload(model, planted, args.steer_value, 1.0)

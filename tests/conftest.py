@@ -10,8 +10,8 @@ from bot.app import open_context
 from bot.commands.registry import CommandContext
 from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
-from tests.fake_ember import FakeEmber
-from tests.server_fixtures import client, model_id, tiny_bundle, tiny_server
+from tests.support.fake_ember import FakeEmber
+from tests.support.server_fixtures import client, model_id, tiny_bundle, tiny_server
 
 __all__ = [
     "client",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bench.bot_load import Options, measure, parse_options, render
-from tests.fake_ember import Latency
+from tests.support.fake_ember import Latency
 
 TOY = Options(
     channels=(3,),

@@ -21,18 +21,16 @@ from bot.domain.errors import (
 )
 from bot.domain.types import Actor, ChatMessage, SamplingOptions, SessionKey, VariantState
 from bot.domain.validation import clean_text
-from bot.ops.lifecycle import Lifecycle
 from bot.ops.logs import log_context
-from bot.ops.metrics import Metrics, TurnTimer
-from bot.settings import Settings
-from bot.usecases.admission import Admission
+from bot.ops.metrics import TurnTimer
 from bot.usecases.conversation import build_messages
+from bot.usecases.deps import Deps
 from bot.usecases.ratelimit import QueueCallback
 from bot.usecases.variants import Variants
-from storage.store import Store, StoredMessage
+from storage.store import StoredMessage
 
 if TYPE_CHECKING:
-    from bot.backend.gateway import EmberGateway
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +47,13 @@ class ChatResult:
 
 
 class Chat:
-    def __init__(
-        self,
-        store: Store,
-        gateway: EmberGateway,
-        settings: Settings,
-        admission: Admission,
-        lifecycle: Lifecycle,
-        metrics: Metrics,
-        variants: Variants,
-    ) -> None:
-        self._store = store
-        self._gateway = gateway
-        self._settings = settings
-        self._admission = admission
-        self._lifecycle = lifecycle
-        self._metrics = metrics
+    def __init__(self, deps: Deps, variants: Variants) -> None:
+        self._store = deps.store
+        self._gateway = deps.gateway
+        self._settings = deps.settings
+        self._admission = deps.admission
+        self._lifecycle = deps.lifecycle
+        self._metrics = deps.metrics
         self._variants = variants
 
     async def turn(

@@ -14,19 +14,17 @@ from typing import Any
 from bot.domain.errors import UserInputError
 from bot.domain.types import Actor, Guard, SessionKey, VariantState, named_feature
 from bot.domain.validation import validate_guard_threshold
+from bot.usecases.deps import Deps
 from bot.usecases.steering import Steering
 from bot.usecases.variants import Variants
-from storage.store import Store
 
 
 class Guards:
-    def __init__(
-        self, store: Store, variants: Variants, steering: Steering, max_guards: int
-    ) -> None:
-        self._store = store
+    def __init__(self, deps: Deps, variants: Variants, steering: Steering) -> None:
+        self._store = deps.store
         self._variants = variants
         self._steering = steering
-        self._max_guards = max_guards
+        self._max_guards = deps.settings.max_edits_per_variant
 
     async def set(self, session: SessionKey, query: str, threshold: float, actor: Actor) -> Guard:
         """Guard the active variant on the feature `query` names (replacing its old guard)."""

@@ -8,32 +8,22 @@ from typing import TYPE_CHECKING
 from bot.domain.errors import UserInputError
 from bot.domain.types import ChatMessage, FeatureActivation, FeatureRef, SessionKey, TokenActivation
 from bot.domain.validation import validate_top_k
-from bot.settings import Settings
-from bot.usecases.ratelimit import BackendSlots
+from bot.usecases.deps import Deps
 from bot.usecases.steering import Steering
 from bot.usecases.variants import Variants
-from storage.store import Store
 
 if TYPE_CHECKING:
-    from bot.backend.gateway import EmberGateway
+    pass
 
 SPECIAL_TOKEN = re.compile(r"^<\|[^|]*\|>$")
 
 
 class Inspection:
-    def __init__(
-        self,
-        store: Store,
-        gateway: EmberGateway,
-        settings: Settings,
-        slots: BackendSlots,
-        variants: Variants,
-        steering: Steering,
-    ) -> None:
-        self._store = store
-        self._gateway = gateway
-        self._settings = settings
-        self._slots = slots
+    def __init__(self, deps: Deps, variants: Variants, steering: Steering) -> None:
+        self._store = deps.store
+        self._gateway = deps.gateway
+        self._settings = deps.settings
+        self._slots = deps.admission.slots
         self._variants = variants
         self._steering = steering
 

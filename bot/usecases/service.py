@@ -21,6 +21,7 @@ from bot.ops.metrics import Metrics
 from bot.settings import Settings
 from bot.usecases.admission import Admission
 from bot.usecases.chat import Chat
+from bot.usecases.deps import Deps
 from bot.usecases.guards import Guards
 from bot.usecases.inspection import Inspection
 from bot.usecases.steering import Steering
@@ -47,14 +48,12 @@ class EmberService:
         self.lifecycle = Lifecycle()
         self.metrics = metrics or Metrics()
         self.admission = Admission(settings, self.metrics)
-        slots = self.admission.slots
-        self.variants = Variants(store, gateway, settings, slots)
-        self.steering = Steering(store, gateway, settings, slots, self.variants)
-        self.guards = Guards(store, self.variants, self.steering, settings.max_edits_per_variant)
-        self.chat = Chat(
-            store, gateway, settings, self.admission, self.lifecycle, self.metrics, self.variants
-        )
-        self.inspection = Inspection(store, gateway, settings, slots, self.variants, self.steering)
+        deps = Deps(store, gateway, settings, self.admission, self.lifecycle, self.metrics)
+        self.variants = Variants(deps)
+        self.steering = Steering(deps, self.variants)
+        self.guards = Guards(deps, self.variants, self.steering)
+        self.chat = Chat(deps, self.variants)
+        self.inspection = Inspection(deps, self.variants, self.steering)
 
     async def check_health(self, seconds: float) -> dict[str, str]:
         """ "ok" or the problem, for the database (writable?) and the backend (answering?)."""

@@ -14,28 +14,20 @@ from bot.domain.validation import (
     validate_steering_value,
     validate_top_k,
 )
-from bot.settings import Settings
-from bot.usecases.ratelimit import BackendSlots
+from bot.usecases.deps import Deps
 from bot.usecases.variants import Variants
-from storage.store import DEFAULT_VARIANT, AuditEntry, Store
+from storage.store import DEFAULT_VARIANT, AuditEntry
 
 if TYPE_CHECKING:
-    from bot.backend.gateway import EmberGateway
+    pass
 
 
 class Steering:
-    def __init__(
-        self,
-        store: Store,
-        gateway: EmberGateway,
-        settings: Settings,
-        slots: BackendSlots,
-        variants: Variants,
-    ) -> None:
-        self._store = store
-        self._gateway = gateway
-        self._settings = settings
-        self._slots = slots
+    def __init__(self, deps: Deps, variants: Variants) -> None:
+        self._store = deps.store
+        self._gateway = deps.gateway
+        self._settings = deps.settings
+        self._slots = deps.admission.slots
         self._variants = variants
 
     async def search(self, query: str, top_k: int | None = None) -> list[FeatureRef]:

@@ -9,12 +9,11 @@ from bot.domain.errors import UserInputError
 from bot.domain.types import Actor, SessionKey, VariantState
 from bot.domain.validation import storable, validate_variant_name
 from bot.domain.variant_json import from_sdk_json, to_sdk_json
-from bot.settings import Settings
-from bot.usecases.ratelimit import BackendSlots
-from storage.store import DEFAULT_VARIANT, Store
+from bot.usecases.deps import Deps
+from storage.store import DEFAULT_VARIANT
 
 if TYPE_CHECKING:
-    from bot.backend.gateway import EmberGateway
+    pass
 
 
 @dataclass
@@ -24,13 +23,11 @@ class VariantListing:
 
 
 class Variants:
-    def __init__(
-        self, store: Store, gateway: EmberGateway, settings: Settings, slots: BackendSlots
-    ) -> None:
-        self._store = store
-        self._gateway = gateway
-        self._settings = settings
-        self._slots = slots
+    def __init__(self, deps: Deps) -> None:
+        self._store = deps.store
+        self._gateway = deps.gateway
+        self._settings = deps.settings
+        self._slots = deps.admission.slots
 
     async def active(self, session: SessionKey) -> VariantState:
         name = await self._store.ensure_session(session, self._settings.ember_model or "")

@@ -1,0 +1,66 @@
+"""`ember-bot doctor` against a misconfigured .env and against a good setup with the tiny server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+from tests.support.console_helpers import hermetic_env
+
+
+def run_doctor(cwd, env_file: str) -> subprocess.CompletedProcess[str]:
+    (cwd / ".env").write_text(env_file)
+    return subprocess.run(
+        [sys.executable, "-m", "adapters", "doctor"],
+        cwd=cwd,
+        env=hermetic_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_misconfigured_env_names_each_problem_on_its_own_line(tmp_path):
+    result = run_doctor(
+        tmp_path,
+        f"GOODFIRE_BASE_URL=http://127.0.0.1:{closed_port()}\n"
+        "DISCORD_BOT_TOKEN=not-a-token\n"
+        "SLACK_BOT_TOKEN=xapp-swapped\n"
+        "SLACK_SIGNING_SECRET=short\n",
+    )
+    assert result.returncode == 1
+    problems = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM")]
+    assert [p.split(":")[0] for p in problems] == [
+        "PROBLEM  backend",
+        "PROBLEM  discord",
+        "PROBLEM  slack",
+        "PROBLEM  slack",
+    ]
+    assert "unavailable" in problems[0]
+    assert "SLACK_BOT_TOKEN should start with xoxb-" in problems[2]
+    assert "not-a-token" not in result.stdout  # never echo secrets
+
+
+def test_invalid_values_are_reported_before_any_check(tmp_path):
+    result = run_doctor(tmp_path, "TOP_P=7\nGOODFIRE_BASE_URL=localhost:8000\n")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "config error: GOODFIRE_BASE_URL: must start with http:// or https:// "
+        "(got 'localhost:8000')",
+        "config error: TOP_P: Input should be less than or equal to 1 (got '7')",
+    ]
+
+
+def test_good_setup_with_the_tiny_server_passes(tmp_path, tiny_server):
+    result = run_doctor(tmp_path, f"GOODFIRE_BASE_URL={tiny_server.base_url}\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PROBLEM" not in result.stdout
+    assert f"ok       backend: {tiny_server.base_url} serves ember-tiny" in result.stdout
+    assert (tmp_path / "data" / "ember-bot.db").exists()
