@@ -1,0 +1,1 @@
+"""Platform adapters and the `ember-bot` command: the outermost layer."""

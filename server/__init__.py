@@ -1,0 +1,1 @@
+"""The self-hosted Ember-compatible server: api/ (wire), engine/ (runtime), model/ (what)."""

@@ -1,0 +1,1 @@
+"""Persistence (SQLite) for sessions, variants, history and the audit log."""

@@ -1,0 +1,1 @@
+"""The only door to the Ember API: HTTP, retries, SSE, wire builders, the gateway."""

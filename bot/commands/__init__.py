@@ -1,0 +1,1 @@
+"""The command registry and one module per command family; replies adapters render."""

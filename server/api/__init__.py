@@ -1,0 +1,1 @@
+"""The Ember wire API: one thin router per route family, schemas, auth."""

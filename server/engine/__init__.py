@@ -1,0 +1,1 @@
+"""The runtime: steering math, chat templates, batched generation, readouts, the worker."""

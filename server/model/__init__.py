@@ -1,0 +1,1 @@
+"""What is served: SAE formats, downloads, labels and search, feature ids, presets, tiny."""
