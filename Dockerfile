@@ -3,7 +3,8 @@
 #   docker build --target bot    -t ember-bot .          # the chat bot, no torch
 #   docker build --target server -t ember-server .       # the model server (torch + transformers)
 # TORCH_SPEC / TORCH_INDEX_URL choose the torch build for the server (CPU by default in
-# docker-compose's cpu profile; pass a CUDA wheel index for the gpu profile).
+# docker-compose's cpu profile; pass a CUDA wheel index for the gpu profile). SERVER_EXTRAS
+# picks the extras: "server", or "server,gpu" to add bitsandbytes for --quantize.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -28,9 +29,10 @@ RUN pip install .
 FROM build AS build-server
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=""
+ARG SERVER_EXTRAS=server
 RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"; \
     else pip install "$TORCH_SPEC"; fi \
- && pip install '.[server]'
+ && pip install ".[$SERVER_EXTRAS]"
 
 FROM base AS bot
 COPY --from=build-bot /venv /venv

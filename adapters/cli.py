@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
@@ -11,6 +12,7 @@ from typing import Any
 
 from adapters.discord.settings import DiscordSettings
 from adapters.slack.settings import SlackSettings
+from bot.domain.errors import SetupError
 from bot.settings import NO_BACKEND_HELP, Settings, load_or_report, load_settings_or_report
 
 SERVER_EXTRA_HELP = (
@@ -24,6 +26,7 @@ NO_PLATFORM_HELP = (
 )
 PASS_THROUGH = {
     "serve": "run the self-hosted Ember-compatible model server (--help for options)",
+    "fetch": "download a preset's model, SAE and labels for the server (then works offline)",
     "discord": "run the Discord bot; `discord sync`, `discord invite-url`",
     "slack": "run the Slack bot (Socket Mode, or --http); `slack manifest`",
 }
@@ -74,17 +77,35 @@ def _doctor(
         slack_app_token=slack_settings.app_token,
         slack_signing_secret=slack_settings.signing_secret,
     )
-    return run_doctor(settings, tokens)
+    return run_doctor(settings, tokens, _platform_checks(discord_settings, slack_settings))
+
+
+def _platform_checks(
+    discord_settings: DiscordSettings, slack_settings: SlackSettings
+) -> dict[str, Callable[[], Coroutine[Any, Any, str | None]]]:
+    """For doctor: ask each configured platform whether it takes its token."""
+    from adapters.discord.app import token_problem as discord_problem
+    from adapters.slack.app import token_problem as slack_problem
+
+    checks: dict[str, Callable[[], Coroutine[Any, Any, str | None]]] = {}
+    if discord_settings.bot_token.get_secret_value():
+        checks["discord"] = partial(discord_problem, discord_settings)
+    if slack_settings.bot_token.get_secret_value():
+        checks["slack"] = partial(slack_problem, slack_settings)
+    return checks
 
 
 def _pass_through(command: str, argv: list[str]) -> int:
-    if command == "serve":
+    if command in ("serve", "fetch"):
         try:
-            from server.cli import main as serve_main
+            if command == "serve":
+                from server.cli import main as server_main
+            else:  # fetch starts without torch
+                from server.fetch_cli import main as server_main
         except ImportError:
             print(SERVER_EXTRA_HELP, file=sys.stderr)
             return 2
-        return serve_main(argv)
+        return server_main(argv)
     if command == "discord":
         from adapters.discord.app import main as discord_main
 
@@ -159,33 +180,39 @@ def _console(settings: Settings, session: str, preset: str | None) -> int:
         return 2
     if preset is not None:
         try:
-            from server.cli import start_background_server
+            from server.cli import start_background_server  # noqa: F401 - the extra is there
         except ImportError:
             print(SERVER_EXTRA_HELP, file=sys.stderr)
             return 2
-    from bot.ops.logs import configure_logging
+    from bot.app import run_blocking
 
     if "log_level" not in settings.model_fields_set:  # keep the terminal for the conversation
         settings = settings.model_copy(update={"log_level": "WARNING"})
-    logging_setup = configure_logging(settings)
-    try:
-        if preset is None:
-            asyncio.run(_chat_in_terminal(settings, session))
-        else:
-            with start_background_server(preset) as server:
-                local = {"goodfire_base_url": server.base_url, "ember_model": None}
-                asyncio.run(_chat_in_terminal(settings.model_copy(update=local), session))
-    except KeyboardInterrupt:  # Ctrl-C ends the chat; nothing is half-written to the database
+    # Ctrl-C ends the chat (130); nothing is half-written to the database
+    status = run_blocking(settings, _chat_in_terminal(settings, session, preset), interrupted=130)
+    if status == 130:
         print(file=sys.stderr)
-        return 130
-    finally:
-        logging_setup.close()
-    return 0
+    return status
 
 
-async def _chat_in_terminal(settings: Settings, session: str) -> None:
+async def _chat_in_terminal(settings: Settings, session: str, preset: str | None) -> None:
     from adapters.console import run_console
-    from bot.app import open_context
+    from bot.app import check_backend, open_context
 
-    async with open_context(settings) as ctx:
-        await run_console(ctx, session)
+    with contextlib.ExitStack() as stack:
+        if preset is not None:
+            server = stack.enter_context(_start_server(preset))
+            local = {"goodfire_base_url": server.base_url, "ember_model": None}
+            settings = settings.model_copy(update=local)
+        async with open_context(settings) as ctx:
+            await check_backend(ctx)
+            await run_console(ctx, session)
+
+
+def _start_server(preset: str) -> contextlib.AbstractContextManager[Any]:
+    from server.cli import start_background_server
+
+    try:  # loading blocks the loop: nothing else runs yet
+        return start_background_server(preset)
+    except (OSError, ValueError, KeyError) as error:
+        raise SetupError(f"ember-bot console --serve: could not load the model: {error}") from None

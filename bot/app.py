@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -21,12 +22,15 @@ from bot.backend.gateway import EmberGateway
 from bot.backend.retries import RetryPolicy
 from bot.commands.catalog import build_registry
 from bot.commands.registry import CommandContext
+from bot.domain.errors import SetupError, UnauthorizedError
 from bot.ops.logs import configure_logging
 from bot.ops.metrics import Metrics
 from bot.ops.monitoring import MonitoringServer
 from bot.settings import Settings
 from bot.usecases.service import EmberService
 from storage.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -35,7 +39,9 @@ async def open_context(settings: Settings) -> AsyncIterator[CommandContext]:
     metrics = Metrics()
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
     metrics.watch_breaker(breaker)
-    store = await Store.open(settings.database_path)
+    store = await Store.open(
+        settings.database_path, busy_timeout=settings.database_busy_timeout_seconds
+    )
     try:
         async with EmberGateway(
             settings.goodfire_base_url,
@@ -81,9 +87,28 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+async def check_backend(ctx: CommandContext) -> None:
+    """At start-up: a backend that rejects our key stops the command (SetupError); one that does
+    not answer is only logged, since it may still be loading its model: replies say it is
+    unavailable until it answers, and the circuit breaker lets calls through once it does."""
+    settings = ctx.settings
+    error = await ctx.service.backend_problem(settings.health_timeout_seconds)
+    where = settings.goodfire_base_url
+    if isinstance(error, UnauthorizedError):
+        raise SetupError(f"{where}: {error.user_message}")
+    if error is not None:
+        log.warning(
+            "the model backend at %s does not answer (%s); starting anyway: replies say so "
+            "until it does (`ember-bot doctor` checks the setup)",
+            where,
+            error.user_message,
+        )
+
+
 async def run_app(settings: Settings, main: Callable[[CommandContext], Awaitable[None]]) -> None:
     """Run an adapter until it returns or SIGTERM/SIGINT; then drain, and close everything."""
     async with open_context(settings) as ctx, monitoring(ctx):
+        await check_backend(ctx)
         freeze_startup_objects()
         lifecycle = ctx.service.lifecycle
         with lifecycle.signal_handlers():
@@ -97,23 +122,31 @@ def run_blocking(
     platforms: Sequence[BaseSettings] = (),
     setup_errors: tuple[type[Exception], ...] = (),
     describe: Callable[[BaseException], str] = str,
+    interrupted: int = 0,
 ) -> int:
     """Run `work` with logging configured: the exit status of an `ember-bot` command. The
     secrets in `platforms` (the chat platforms' settings) are redacted like the core's.
 
-    A setup error (a rejected token, an unreachable platform) becomes one line on stderr and
-    status 2, never a traceback; Ctrl-C before the signal handlers are installed ends quietly.
+    A SetupError (database unusable, backend rejecting the key, a platform unreachable or
+    rejecting its token), or one of `setup_errors` (described by `describe`), becomes one line
+    on stderr and status 2, never a traceback. Ctrl-C before the signal handlers are installed
+    ends quietly with status `interrupted`.
     """
     failures: list[str] = []
+    stopped = False
     logging_setup = configure_logging(settings, platforms=platforms)
     try:
         asyncio.run(work)
+    except* SetupError as group:
+        failures += [str(error) for error in group.exceptions]
     except* setup_errors as group:
-        failures = [describe(error) for error in group.exceptions]
+        failures += [describe(error) for error in group.exceptions]
     except* KeyboardInterrupt:
-        pass
+        stopped = True
     finally:
         logging_setup.close()
     for failure in failures:
         print(failure, file=sys.stderr)
-    return 2 if failures else 0
+    if failures:
+        return 2
+    return interrupted if stopped else 0

@@ -65,6 +65,12 @@ class Settings(EnvSettings):
     database_url: str = Field(
         "sqlite:///data/ember-bot.db", description="SQLite database, as sqlite:///path."
     )
+    database_busy_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="How long a database write waits for another process's lock.",
+    )
     system_prompt: str = Field(
         "You are a helpful assistant in a team chat. Be brief, friendly and to the point.",
         description="System message sent before every conversation.",

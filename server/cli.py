@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import threading
 import time
+import zipfile
 from types import TracebackType
+from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
 from server.api.app import create_app
+from server.fetch_cli import LABELS_URL_HELP
+from server.model import saelens_releases
+from server.model.catalog import preset_table
+from server.model.fetch import fetch, sources_for
+from server.model.loading import DEVICE_MAPS, QUANTIZATIONS
 from server.model.presets import PRESETS, ModelBundle, load_bundle, load_preset
+from server.preflight import preflight
 
 STARTUP_TIMEOUT = 60.0
 
@@ -24,17 +33,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ember-bot serve",
         description="Serve an open model and SAE behind the Ember (Goodfire) API.",
     )
-    source = parser.add_argument_group("what to serve (a preset, or --model with --sae)")
+    source = parser.add_argument_group(
+        "what to serve (a preset, a SAELens --sae release/id, or --model with --sae)"
+    )
     source.add_argument(
-        "--preset", choices=sorted(PRESETS), help="a named model+SAE pair (default: tiny)"
+        "--preset",
+        metavar="NAME",
+        help=f"a named model+SAE pair: {', '.join(PRESETS)} (default: tiny)",
     )
     source.add_argument("--model", help="Hugging Face model id or local path")
-    source.add_argument("--sae", help="SAE weights: a local path or a SAELens release/id")
+    source.add_argument(
+        "--sae",
+        help="SAE weights: a local path, hf:<owner>/<repo>/<path>, or a SAELens release/id "
+        f"(e.g. {saelens_releases.EXAMPLE}; it names the model and layer)",
+    )
     source.add_argument(
         "--layer", type=int, help="decoder layer whose output the SAE reads (default: the SAE's)"
     )
     source.add_argument(
-        "--labels", help="labels file: JSONL {index, label} or a Neuronpedia export"
+        "--labels",
+        help="labels file: JSONL {index, label} or a Neuronpedia export; or the http(s) URL of "
+        "an export's explanations/ folder (default: the preset's or SAE's Neuronpedia labels)",
+    )
+    source.add_argument("--labels-url", help=LABELS_URL_HELP)
+    source.add_argument(
+        "--list-presets", action="store_true", help="print the presets with sizes and exit"
     )
     network = parser.add_argument_group("network")
     network.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
@@ -43,6 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     runtime.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    runtime.add_argument(
+        "--device-map",
+        choices=DEVICE_MAPS,
+        default="none",
+        help="auto: spread the model over every visible GPU with accelerate (default: %(default)s)",
+    )
+    runtime.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="load the model's weights in 8 or 4 bits (bitsandbytes, NVIDIA GPUs; "
+        "pip install 'ember-bot[gpu]'); the SAE stays in --dtype (default: %(default)s)",
+    )
+    runtime.add_argument(
+        "--ignore-memory-check",
+        action="store_true",
+        help="load even when the memory estimate says it will not fit",
+    )
     return parser
 
 
@@ -50,13 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server until interrupted. `argv` holds the options after `serve`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model and args.preset:
-        parser.error("give either --preset or --model, not both")
+    if args.list_presets:
+        print(preset_table())
+        return 0
+    if args.preset and (args.model or args.sae):
+        parser.error("give either --preset or --model/--sae, not both")
     if args.model and args.sae is None:
         parser.error("--model needs --sae too")
+    if args.sae and not args.model and not saelens_releases.looks_like_release(args.sae):
+        parser.error("--sae with a file, folder or hf: spec needs --model too")
+    if problems := preflight(args.host, args.port, args.sae, args.labels):  # before any wait
+        for problem in problems:
+            print(f"ember-bot serve: {problem}", file=sys.stderr)
+        return 1
     try:
         bundle = _load_bundle(args)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         print(f"ember-bot serve: could not load the model: {error}", file=sys.stderr)
         return 1
     app = create_app(bundle, api_key=args.api_key)
@@ -67,10 +117,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_bundle(args: argparse.Namespace) -> ModelBundle:
-    options = {"device": args.device, "dtype": args.dtype}
+    options: dict[str, Any] = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "device_map": args.device_map,
+        "quantize": args.quantize,
+        "check_memory": not args.ignore_memory_check,
+    }
+    sources = sources_for(args.preset, args.model, args.sae, args.labels)
+    fetched = fetch(sources, labels_url=args.labels_url)  # what the caches lack, on first use
+    labels = str(fetched.labels) if fetched.labels is not None else None
+    if args.sae and saelens_releases.looks_like_release(args.sae):
+        source = saelens_releases.resolve(args.sae)
+        layer = source.layer if args.layer is None else args.layer
+        model = args.model or source.model
+        bundle = load_bundle(model, source.spec, layer, labels, **options)
+        return dataclasses.replace(bundle, sae_id=source.name)
     if args.model:
-        return load_bundle(args.model, args.sae, args.layer, args.labels, **options)
-    return load_preset(args.preset or "tiny", labels=args.labels, **options)
+        return load_bundle(args.model, args.sae, args.layer, labels, **options)
+    return load_preset(args.preset or "tiny", labels=labels, **options)
 
 
 class BackgroundServer:
@@ -131,5 +196,8 @@ def freeze_loaded_objects() -> None:
 
 def start_background_server(preset: str, *, host: str = "127.0.0.1") -> BackgroundServer:
     """Load `preset` and serve it in this process (for `ember-bot console --serve PRESET`)."""
-    bundle = load_preset(preset, device="auto", dtype="auto")
+    labels = fetch(sources_for(preset, None, None, None)).labels
+    bundle = load_preset(
+        preset, device="auto", dtype="auto", labels=str(labels) if labels is not None else None
+    )
     return serve_in_background(create_app(bundle), host=host)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ import aiosqlite
 
 from bot.domain.types import FeatureEdit, FeatureRef, Guard, SessionKey, VariantState
 from storage.migrations import MIGRATIONS
+from storage.opening import DatabaseProblem, Footprint, describe
 
 DEFAULT_VARIANT = "default"
 _VARIANT_COLUMNS = "name, base_model, edits_json, guards_json"
@@ -78,17 +80,39 @@ class Store:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path | str) -> Store:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        connection = await aiosqlite.connect(str(path))
-        connection.row_factory = aiosqlite.Row
-        await connection.execute("PRAGMA journal_mode=WAL")
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.execute("PRAGMA foreign_keys=ON")
-        await connection.execute("PRAGMA busy_timeout=5000")
-        store = cls(connection)
-        await store._migrate()
+    async def open(cls, path: Path | str, *, busy_timeout: float = 5.0) -> Store:
+        """Open the database (creating it and its folder if need be), migrate it, and check it
+        takes a write. Raises DatabaseProblem when it cannot, having removed what it created;
+        a write waits up to `busy_timeout` seconds for another process's lock."""
+        if str(path) == ":memory:":
+            return await cls._connect(":memory:", busy_timeout)
+        footprint = Footprint(Path(path))
+        footprint.make_folder()
+        try:
+            return await cls._connect(str(path), busy_timeout)
+        except (sqlite3.Error, OSError) as error:
+            footprint.undo(error)
+            raise DatabaseProblem(describe(Path(path), error, busy_timeout)) from None
+
+    @classmethod
+    async def _connect(cls, path: str, busy_timeout: float) -> Store:
+        # A file SQLite cannot open fails here, not in aiosqlite, whose worker thread would
+        # outlive a failed connect and report into a closed event loop.
+        await asyncio.to_thread(lambda: sqlite3.connect(path).close())
+        connection = await aiosqlite.connect(path)
+        try:
+            connection.row_factory = aiosqlite.Row
+            await connection.execute(f"PRAGMA busy_timeout={round(busy_timeout * 1000)}")
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA synchronous=NORMAL")
+            await connection.execute("PRAGMA foreign_keys=ON")
+            store = cls(connection)
+            await store._migrate()
+            await connection.execute("BEGIN IMMEDIATE")  # a lock held for good shows up now
+            await connection.rollback()
+        except BaseException:
+            await connection.close()  # else its thread keeps the process alive
+            raise
         return store
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from adapters.cli import build_parser
 from adapters.discord.settings import DiscordSettings
 from adapters.slack.settings import SlackSettings
 from bot.settings import Settings
+from server.cli import build_parser as build_serve_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_CLASSES = (Settings, SlackSettings, DiscordSettings)
@@ -70,6 +71,20 @@ def test_every_env_var_compose_passes_is_a_setting():
     for service in compose()["services"].values():
         passed |= set(service.get("environment", {}))
     assert passed - {"HF_TOKEN"} <= SETTINGS_NAMES  # HF_TOKEN is read by huggingface_hub
+
+
+def test_compose_serve_commands_parse_and_the_gpu_service_uses_every_gpu():
+    for name, service in compose()["services"].items():
+        if service["command"][1] != "serve":
+            continue
+        # Compose fills ${NAME:-default} from the environment; parse with the defaults.
+        argv = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", arg) for arg in service["command"][2:]]
+        args = build_serve_parser().parse_args(argv)
+        if "gpu" in service.get("profiles", []):
+            assert args.device_map == "auto", name  # all the GPUs it reserves, not just cuda:0
+            assert args.quantize == "none" and args.dtype == "bfloat16"
+            assert "server,gpu" in service["build"]["args"]["SERVER_EXTRAS"]  # bitsandbytes
+            assert 'pip install ".[$SERVER_EXTRAS]"' in (ROOT / "Dockerfile").read_text()
 
 
 def test_every_build_target_exists_in_the_dockerfile():

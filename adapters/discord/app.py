@@ -11,12 +11,18 @@ DISCORD_DEV_GUILD_IDS are synced once at start-up (guild commands update instant
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import binascii
 import logging
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.http import Route
@@ -26,11 +32,16 @@ from adapters.discord.commands import SlashCommands
 from adapters.discord.confirmations import ConfirmationButtons
 from adapters.discord.render import NO_PINGS
 from adapters.discord.replies import FollowUps
+from adapters.discord.retries import retry_unsent
 from adapters.discord.settings import DiscordSettings
 from bot.commands.registry import CommandContext
+from bot.domain.errors import SetupError
 from bot.settings import NO_BACKEND_HELP, Settings, load_or_report, load_settings_or_report
 
 log = logging.getLogger(__name__)
+
+# A text bot: discord.py's "voice will NOT be supported" warnings would only alarm people.
+discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
 
 SCOPES = ("bot", "applications.commands")
 # what the bot does in channels; command replies are interaction webhooks and need none
@@ -45,6 +56,54 @@ NO_TOKEN_HELP = (
     "https://discord.com/developers/applications, add a bot, and put its token in .env."
 )
 BAD_TOKEN_HELP = "Discord rejected DISCORD_BOT_TOKEN. Reset the token in the Developer Portal."
+UNREADABLE_TOKEN_HELP = (
+    "DISCORD_BOT_TOKEN does not look like a bot token, so it names no application: copy it again "
+    "(Bot → Reset Token), or pass --client-id (General Information → Application ID)."
+)
+INTENT_HELP = (
+    "Discord refused the Message Content intent that DISCORD_LISTEN_CHANNEL_IDS needs: switch it "
+    "on under Bot → Privileged Gateway Intents in the Developer Portal, or unset the setting."
+)
+LOGIN_TIMEOUT = 30.0  # seconds for Discord to answer the login (a few retries of its own)
+BAD_TOKEN_CLOSE_CODE = 4004  # the gateway's "authentication failed"
+
+
+class DiscordSetupError(SetupError):
+    """Discord could not be reached, or refused the token or an intent; the message says which."""
+
+
+@asynccontextmanager
+async def reaching_discord(
+    api_base: str, within: float | None = LOGIN_TIMEOUT
+) -> AsyncIterator[None]:
+    """Turn Discord refusing or being out of reach (for `within` seconds; None: no limit) into
+    one DiscordSetupError line."""
+    try:
+        async with asyncio.timeout(within):
+            yield
+    except discord.LoginFailure:
+        raise DiscordSetupError(BAD_TOKEN_HELP) from None
+    except discord.PrivilegedIntentsRequired:
+        raise DiscordSetupError(INTENT_HELP) from None
+    except discord.ConnectionClosed as error:
+        if error.code != BAD_TOKEN_CLOSE_CODE:
+            raise
+        raise DiscordSetupError(BAD_TOKEN_HELP) from None
+    except discord.HTTPException as error:
+        raise DiscordSetupError(
+            f"Discord answered {error.status} at {api_base} ({error.text or 'no detail'}); "
+            "try again later (https://discordstatus.com)."
+        ) from None
+    except TimeoutError:
+        raise DiscordSetupError(
+            f"Discord did not answer at {api_base} within {LOGIN_TIMEOUT:g} s; check the "
+            "network, or DISCORD_API_BASE."
+        ) from None
+    except (aiohttp.ClientError, OSError) as error:
+        raise DiscordSetupError(
+            f"Could not reach Discord at {api_base} ({error}); check the network, or "
+            "DISCORD_API_BASE."
+        ) from None
 
 
 def bot_intents(settings: DiscordSettings) -> discord.Intents:
@@ -83,8 +142,10 @@ class EmberDiscordBot(discord.Client):
 
     async def start_up(self, token: str) -> None:
         """Log in over REST and sync the dev guilds' commands; `connect()` then opens the
-        gateway. Nothing syncs on (re)connect."""
+        gateway. Nothing syncs on (re)connect. Once logged in, a REST call that cannot reach
+        Discord is retried for a while (a login that cannot fails at once, in one line)."""
         await self.login(token)
+        retry_unsent(self.http)
         for guild_id in self._dev_guilds:
             count = await self.sync_commands(guild_id)
             log.info("synced %d commands to dev guild %d", count, guild_id)
@@ -102,6 +163,17 @@ def invite_url(client_id: int) -> str:
     return discord.utils.oauth_url(client_id, permissions=PERMISSIONS, scopes=SCOPES)
 
 
+def application_id(token: str) -> int | None:
+    """The application a bot token belongs to: its first dot-separated part is the
+    application's id, base64-encoded. None if the token is not shaped like that."""
+    first = token.strip().split(".", 1)[0]
+    try:
+        decoded = base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return int(decoded) if decoded.isdigit() else None
+
+
 def use_api_base(settings: DiscordSettings) -> None:
     """Send every REST call, webhook and interaction callback to DISCORD_API_BASE: they all
     build their URLs from `Route.BASE`, process-wide."""
@@ -112,17 +184,32 @@ async def serve(ctx: CommandContext, settings: DiscordSettings) -> None:
     """Run the bot until cancelled (`bot.app.run_app` drains it on SIGTERM/SIGINT)."""
     use_api_base(settings)
     async with EmberDiscordBot(ctx, settings) as bot:
-        await bot.start_up(settings.bot_token.get_secret_value())
-        await bot.connect()
+        async with reaching_discord(settings.api_base):
+            await bot.start_up(settings.bot_token.get_secret_value())
+        async with reaching_discord(settings.api_base, within=None):
+            await bot.connect()  # discord.py reconnects (and resumes) by itself after outages
+
+
+async def token_problem(settings: DiscordSettings) -> str | None:
+    """None if Discord accepts DISCORD_BOT_TOKEN at DISCORD_API_BASE; else what is wrong."""
+    use_api_base(settings)
+    try:
+        async with (
+            reaching_discord(settings.api_base),
+            discord.Client(intents=discord.Intents.none()) as client,
+        ):
+            await client.login(settings.bot_token.get_secret_value())
+    except DiscordSetupError as error:
+        return str(error)
+    return None
 
 
 def main(argv: list[str]) -> int:
     """`ember-bot discord [sync [--guild ID] | invite-url [--client-id ID]]`; `argv` are the
     words after `discord`."""
     args = _parser().parse_args(argv)
-    if args.action == "invite-url" and args.client_id:
-        print(invite_url(args.client_id))
-        return 0
+    if args.action == "invite-url":
+        return _print_invite_url(args.client_id)
     settings = load_settings_or_report()
     discord_settings = load_or_report(DiscordSettings)
     if settings is None or discord_settings is None:
@@ -134,15 +221,29 @@ def main(argv: list[str]) -> int:
     if args.action is None and not settings.has_backend:
         print(NO_BACKEND_HELP, file=sys.stderr)
         return 2
-    from bot.app import run_blocking  # imports goodfire (slow); invite-url needs none of it
+    from bot.app import run_blocking  # imports goodfire (slow)
 
     return run_blocking(
-        settings,
-        _run_action(args, settings, discord_settings),
-        platforms=(discord_settings,),
-        setup_errors=(discord.LoginFailure,),
-        describe=lambda _: BAD_TOKEN_HELP,
+        settings, _run_action(args, settings, discord_settings), platforms=(discord_settings,)
     )
+
+
+def _print_invite_url(client_id: int | None) -> int:
+    """The invite link, worked out offline: the token names its application."""
+    if client_id is None:
+        discord_settings = load_or_report(DiscordSettings)
+        if discord_settings is None:
+            return 2
+        token = discord_settings.bot_token.get_secret_value()
+        if not token:
+            print(NO_TOKEN_HELP, file=sys.stderr)
+            return 2
+        client_id = application_id(token)
+        if client_id is None:
+            print(UNREADABLE_TOKEN_HELP, file=sys.stderr)
+            return 2
+    print(invite_url(client_id))
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,14 +252,16 @@ def _parser() -> argparse.ArgumentParser:
     sync = actions.add_parser("sync", help="register the slash commands with Discord")
     sync.add_argument("--guild", type=int, metavar="ID", help="only in this guild (instant)")
     invite = actions.add_parser("invite-url", help="print the URL that adds the bot to a server")
-    invite.add_argument("--client-id", type=int, metavar="ID", help="application ID (default: ask)")
+    invite.add_argument(
+        "--client-id", type=int, metavar="ID", help="application ID (default: read from the token)"
+    )
     return parser
 
 
 async def _run_action(
     args: argparse.Namespace, settings: Settings, discord_settings: DiscordSettings
 ) -> None:
-    from bot.app import open_context, run_app  # imports goodfire (slow); invite-url needs none
+    from bot.app import open_context, run_app  # imports goodfire (slow)
 
     if args.action is None:
         # drains on SIGTERM/SIGINT
@@ -166,18 +269,12 @@ async def _run_action(
         return
     use_api_base(discord_settings)
     token = discord_settings.bot_token.get_secret_value()
-    if args.action == "invite-url":
-        print(invite_url(await _application_id(token)))
-        return
-    async with open_context(settings) as ctx, EmberDiscordBot(ctx, discord_settings) as bot:
+    async with (
+        open_context(settings) as ctx,
+        EmberDiscordBot(ctx, discord_settings) as bot,
+        reaching_discord(discord_settings.api_base),
+    ):
         await bot.login(token)
         count = await bot.sync_commands(args.guild)
     where = f"guild {args.guild}" if args.guild else "all guilds (may take up to an hour)"
     print(f"Synced {count} commands to {where}.")
-
-
-async def _application_id(token: str) -> int:
-    async with discord.Client(intents=discord.Intents.none()) as client:
-        await client.login(token)
-        assert client.application_id is not None  # login fetches the application
-        return client.application_id

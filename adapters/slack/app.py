@@ -29,6 +29,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.chat import SlackChat
@@ -40,16 +41,51 @@ from adapters.slack.replies import SlackReplies
 from adapters.slack.settings import SlackSettings
 from bot.commands.catalog import build_registry
 from bot.commands.registry import CommandContext
+from bot.domain.errors import SetupError
 from bot.settings import Settings, load_or_report, load_settings_or_report
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 RATE_LIMIT_RETRIES = 3  # each waits for Slack's Retry-After
+UNSENT_RETRIES = 6  # retries in all of a call that cannot connect: about 16 s, backing off
 
 
-class SlackSetupError(Exception):
+class SlackSetupError(SetupError):
     """Slack refused our credentials or could not be reached; the message says which."""
+
+
+async def verify_tokens(client: AsyncWebClient, app_token: str | None = None) -> None:
+    """Fail fast, with a clear message, on a wrong token or an unreachable Slack."""
+    await _check(client, "SLACK_BOT_TOKEN", client.auth_test())
+    if app_token is not None:
+        await _check(client, "SLACK_APP_TOKEN", client.apps_connections_open(app_token=app_token))
+
+
+async def _check(client: AsyncWebClient, setting: str, call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except SlackApiError as error:
+        raise SlackSetupError(f"Slack rejected {setting}: {error.response.get('error')}.") from None
+    except aiohttp.ClientError as error:
+        raise SlackSetupError(f"Could not reach Slack at {client.base_url} ({error}).") from None
+    except TimeoutError:
+        raise SlackSetupError(
+            f"Slack did not answer at {client.base_url} within {client.timeout} s."
+        ) from None
+
+
+async def token_problem(settings: SlackSettings) -> str | None:
+    """None if Slack accepts SLACK_BOT_TOKEN (and SLACK_APP_TOKEN, when set); else what is
+    wrong. For `ember-bot doctor`."""
+    client = AsyncWebClient(
+        token=settings.bot_token.get_secret_value(), base_url=settings.api_url, timeout=10
+    )
+    try:
+        await verify_tokens(client, settings.app_token.get_secret_value() or None)
+    except SlackSetupError as error:
+        return str(error)
+    return None
 
 
 class SlackBot:
@@ -62,14 +98,22 @@ class SlackBot:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        token = settings.bot_token.get_secret_value()
         self.client = AsyncWebClient(
-            token=settings.bot_token.get_secret_value(),
+            token=token,
             base_url=settings.api_url,
             retry_handlers=[
                 AsyncConnectionErrorRetryHandler(),
                 AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
+                # a call that could not connect sent nothing: retry it through a short outage
+                AsyncConnectionErrorRetryHandler(
+                    max_retry_count=UNSENT_RETRIES,
+                    interval_calculator=BackoffRetryIntervalCalculator(backoff_factor=0.25),
+                    error_types=[aiohttp.ClientConnectorError],
+                ),
             ],
         )
+        self._verifier = AsyncWebClient(token=token, base_url=settings.api_url)  # fails fast
         with without_token_warning():
             self.app = AsyncApp(
                 client=self.client,
@@ -86,23 +130,7 @@ class SlackBot:
 
     async def verify(self, app_token: str | None = None) -> None:
         """Fail fast, with a clear message, on a wrong token or an unreachable Slack."""
-        await self._check("SLACK_BOT_TOKEN", self.client.auth_test())
-        if app_token is not None:
-            await self._check(
-                "SLACK_APP_TOKEN", self.client.apps_connections_open(app_token=app_token)
-            )
-
-    async def _check(self, setting: str, call: Awaitable[Any]) -> None:
-        try:
-            await call
-        except SlackApiError as error:
-            raise SlackSetupError(
-                f"Slack rejected {setting}: {error.response.get('error')}."
-            ) from None
-        except aiohttp.ClientError as error:
-            raise SlackSetupError(
-                f"Could not reach Slack at {self.client.base_url} ({error})."
-            ) from None
+        await verify_tokens(self._verifier, app_token)
 
 
 class _SameTokenWarning(logging.Filter):
@@ -137,8 +165,12 @@ async def http_server(bot: SlackBot, host: str, port: int) -> AsyncIterator[web.
 
 
 @asynccontextmanager
-async def socket_mode(bot: SlackBot, app_token: str) -> AsyncIterator[AsyncSocketModeHandler]:
-    handler = AsyncSocketModeHandler(bot.app, app_token)
+async def socket_mode(
+    bot: SlackBot, app_token: str, *, ping_interval: float = 10
+) -> AsyncIterator[AsyncSocketModeHandler]:
+    """Connected to Slack over Socket Mode while inside. slack_sdk reconnects by itself when the
+    connection drops (at once on a close, else within `ping_interval` seconds)."""
+    handler = AsyncSocketModeHandler(bot.app, app_token, ping_interval=ping_interval)
     try:
         await handler.connect_async()
         yield handler

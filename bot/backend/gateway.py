@@ -86,7 +86,8 @@ class EmberGateway:
         breaker: CircuitBreaker | None = None,
         max_connections: int = 100,
     ) -> None:
-        self._api_url = f"{base_url.rstrip('/')}/api/inference/v1"
+        self._base_url = base_url.rstrip("/")
+        self._api_url = f"{self._base_url}/api/inference/v1"
         api_key = api_key or NO_KEY  # "Bearer " alone is an illegal header value
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._retry = retry
@@ -127,17 +128,32 @@ class EmberGateway:
 
         No retries and no breaker: a health check reports the backend as it is right now.
         """
+        error = await self.probe(seconds)
+        return error.user_message if error is not None else None
+
+    async def probe(self, seconds: float) -> BackendError | None:
+        """`ping`, with the error itself: unreachable, failing, or rejecting our key."""
         try:
             response = await self._http.get(
                 f"{self._api_url}/models", headers=self._headers, timeout=seconds
             )
         except httpx.TransportError as error:
-            return error_for_transport(error, seconds).user_message
+            return error_for_transport(error, seconds)
         if response.status_code >= 500 or response.status_code in (401, 403):
-            return error_for_response(
-                response.status_code, response.headers, response.text
-            ).user_message
+            return error_for_response(response.status_code, response.headers, response.text)
         return None  # 404 too: an older server without /models is still up
+
+    async def served_facts(self, seconds: float) -> dict[str, Any]:
+        """What the server says it serves on `/health` (ember-bot's own: model, sae, layer,
+        labels, search); {} when it says nothing there (hosted Ember) or cannot be asked."""
+        try:
+            response = await self._http.get(
+                f"{self._base_url}/health", headers=self._headers, timeout=seconds
+            )
+            facts = response.json() if response.status_code == 200 else {}
+        except (httpx.TransportError, ValueError):
+            return {}
+        return facts if isinstance(facts, dict) else {}
 
     async def _served_model(self) -> str:
         with self._call():

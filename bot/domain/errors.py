@@ -18,6 +18,12 @@ class EmberBotError(Exception):
         self.user_message = user_message
 
 
+class SetupError(Exception):
+    """A command cannot start: the database, a platform or the backend refused or is out of
+    reach. `str(error)` is one line naming the fault and its fix; the CLI prints it instead of a
+    traceback (bot.app.run_blocking) and exits non-zero."""
+
+
 class UserInputError(EmberBotError):
     """The user's command or arguments were invalid; nothing was changed."""
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -12,11 +14,13 @@ from bot.backend.gateway import EmberGateway
 from bot.domain.errors import EmberBotError
 from bot.settings import Settings
 from storage.health import database_problem
+from storage.opening import DatabaseProblem
 from storage.store import Store
 
 DISCORD_TOKEN = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
 SLACK_SIGNING_SECRET = re.compile(r"^[0-9a-f]{32}$")
 BACKEND_TIMEOUT = 5.0
+SERVED_FACTS = ("sae", "layer", "labels", "search")  # what ember-bot's server adds to /health
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,10 @@ class Finding:
     topic: str
     problem: str | None  # None: this check passed
     detail: str = ""
+
+
+# Asks a chat platform whether it takes its token: None, or the problem in one line.
+PlatformCheck = Callable[[], Awaitable[str | None]]
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,12 @@ def token_findings(tokens: PlatformTokens) -> list[Finding]:
 
 async def database_finding(settings: Settings) -> Finding:
     try:
-        store = await Store.open(settings.database_path)
-    except Exception as error:  # any failure to open is the finding itself
+        store = await Store.open(
+            settings.database_path, busy_timeout=settings.database_busy_timeout_seconds
+        )
+    except DatabaseProblem as unusable:
+        return Finding("database", unusable.problem)
+    except Exception as error:  # any other failure to open is the finding itself
         return Finding("database", f"cannot open {settings.database_path}: {error}")
     try:
         if not await store.integrity_ok():
@@ -96,13 +108,16 @@ async def database_finding(settings: Settings) -> Finding:
     return Finding("database", problem, str(settings.database_path))
 
 
-async def backend_finding(settings: Settings) -> Finding:
+async def backend_findings(settings: Settings) -> list[Finding]:
+    """The backend's reachability and model, then (when it answers) what it serves."""
     if not settings.has_backend:
-        return Finding(
-            "backend",
-            "no backend configured: set GOODFIRE_BASE_URL (e.g. "
-            "http://127.0.0.1:8000 after `ember-bot serve --preset tiny`).",
-        )
+        return [
+            Finding(
+                "backend",
+                "no backend configured: set GOODFIRE_BASE_URL (e.g. "
+                "http://127.0.0.1:8000 after `ember-bot serve --preset tiny`).",
+            )
+        ]
     async with EmberGateway(
         settings.goodfire_base_url,
         settings.goodfire_api_key.get_secret_value(),
@@ -110,22 +125,58 @@ async def backend_finding(settings: Settings) -> Finding:
     ) as gateway:
         problem = await gateway.ping(BACKEND_TIMEOUT)
         if problem:
-            return Finding("backend", f"{settings.goodfire_base_url}: {problem}")
+            return [Finding("backend", f"{settings.goodfire_base_url}: {problem}")]
         try:
             model = await gateway.model_id()
         except EmberBotError as error:
-            return Finding("backend", error.user_message)
-    return Finding("backend", None, f"{settings.goodfire_base_url} serves {model}")
+            return [Finding("backend", error.user_message)]
+        facts = await gateway.served_facts(BACKEND_TIMEOUT)
+    return [
+        Finding("backend", None, f"{settings.goodfire_base_url} serves {model}"),
+        Finding("served", None, served_detail(facts)),
+    ]
 
 
-async def diagnose(settings: Settings, tokens: PlatformTokens) -> list[Finding]:
-    database, backend = await asyncio.gather(database_finding(settings), backend_finding(settings))
-    return [Finding("settings", None, "loaded"), database, backend, *token_findings(tokens)]
+def served_detail(facts: dict[str, Any]) -> str:
+    """One line from a self-hosted server's /health facts; what it does not say is unknown."""
+    if not any(key in facts for key in SERVED_FACTS):
+        return (
+            "SAE, layer, label count and search mode unknown "
+            "(the backend does not report them, as hosted Ember does not)"
+        )
+
+    def fact(key: str) -> str:
+        return str(facts.get(key, "unknown"))
+
+    return (
+        f"model {fact('model')}, SAE {fact('sae')}, layer {fact('layer')}, "
+        f"{fact('labels')} labels, {fact('search')} search"
+    )
 
 
-def run_doctor(settings: Settings, tokens: PlatformTokens) -> int:
+async def platform_finding(topic: str, check: PlatformCheck) -> Finding:
+    return Finding(topic, await check(), "the platform accepts the token")
+
+
+async def diagnose(
+    settings: Settings, tokens: PlatformTokens, online: Mapping[str, PlatformCheck] | None = None
+) -> list[Finding]:
+    """Every check; `online` asks each platform (by topic) whether it takes its token, unless
+    the token's shape is already wrong."""
+    shapes = token_findings(tokens)
+    wrong = {finding.topic for finding in shapes if finding.problem}
+    asks = [platform_finding(t, check) for t, check in (online or {}).items() if t not in wrong]
+    database, backend, platforms = await asyncio.gather(
+        database_finding(settings), backend_findings(settings), asyncio.gather(*asks)
+    )
+    return [Finding("settings", None, "loaded"), database, *backend, *shapes, *platforms]
+
+
+def run_doctor(
+    settings: Settings, tokens: PlatformTokens, online: Mapping[str, PlatformCheck] | None = None
+) -> int:
     """Print one line per check; exit status 1 if any check found a problem."""
-    findings = asyncio.run(diagnose(settings, tokens))
+    findings = asyncio.run(diagnose(settings, tokens, online))
     for finding in findings:
         if finding.problem:
             print(f"PROBLEM  {finding.topic}: {finding.problem}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from bot.domain.errors import BackendError
 from bot.ops.lifecycle import Lifecycle
 from bot.ops.metrics import Metrics
 from bot.settings import Settings
@@ -62,3 +63,7 @@ class EmberService:
             self._gateway.ping(seconds),
         )
         return {"database": database or "ok", "backend": backend or "ok"}
+
+    async def backend_problem(self, seconds: float) -> BackendError | None:
+        """What is wrong with the backend right now (one try, no breaker), or None."""
+        return await self._gateway.probe(seconds)

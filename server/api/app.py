@@ -33,8 +33,16 @@ def create_app(bundle: ModelBundle, *, api_key: str | None = None) -> FastAPI:
     add_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": bundle.model_id}
+    async def health() -> dict[str, str | int]:
+        """Liveness, and what is served (`ember-bot doctor` reports it; hosted Ember lacks it)."""
+        return {
+            "status": "ok",
+            "model": bundle.model_id,
+            "sae": bundle.sae_id,
+            "layer": bundle.layer,
+            "labels": len(bundle.labels),
+            "search": "semantic" if bundle.labels.semantic else "lexical",
+        }
 
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key, prefix=API_PREFIX)

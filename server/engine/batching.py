@@ -86,9 +86,10 @@ class PaddedBatch(Generic[Row]):
         index = torch.tensor([self.rows.index(row) for row in rows], device=self.device)
         mask = self._mask[index]
         first = int(mask.any(dim=0).to(torch.int8).argmax())  # the first column still in use
-        for layer in _layers(self.cache):
-            layer.keys = layer.keys[index, :, first:]
-            layer.values = layer.values[index, :, first:]
+        for layer in _layers(self.cache):  # each on its own layer's device
+            kept = index.to(layer.keys.device)
+            layer.keys = layer.keys[kept, :, first:]
+            layer.values = layer.values[kept, :, first:]
         self._mask = mask[:, first:]
         self._lengths = self._lengths[index]
         self.rows = list(rows)

@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from server.engine.steering import Steering
+from server.model.loading import decoder_layers
 
 
 class _StopForward(Exception):
@@ -20,7 +21,11 @@ class _StopForward(Exception):
 
 class HookedModel:
     """`model` with a hook on decoder layer `layer` that applies the steering of the forward pass
-    under way on the calling thread (none outside `steered`)."""
+    under way on the calling thread (none outside `steered`).
+
+    Inputs go to `device`, the embedding's; logits come back there too, wherever the LM head is
+    (a model spread over several GPUs ends on another one).
+    """
 
     def __init__(self, model: PreTrainedModel, layer: int) -> None:
         self.model = model
@@ -29,7 +34,7 @@ class HookedModel:
         # transformers 5.x renamed `past_key_values` to `cache` (argument and output field).
         parameters = inspect.signature(model.forward).parameters
         self._cache_name = "cache" if "cache" in parameters else "past_key_values"
-        self._hook = model.model.layers[layer].register_forward_hook(self._on_layer)
+        self._hook = decoder_layers(model)[layer].register_forward_hook(self._on_layer)
 
     def close(self) -> None:
         self._hook.remove()
@@ -54,7 +59,7 @@ class HookedModel:
         ids = torch.tensor([prompt], device=self.device)
         with torch.inference_mode(), self.steered(steering):
             output = self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        return output.logits[0, -1]
+        return output.logits[0, -1].to(self.device)
 
     def extend(
         self, cache: DynamicCache, inputs: dict[str, torch.Tensor], steering: Steering
@@ -65,7 +70,7 @@ class HookedModel:
             output = self.model(
                 **inputs, **{self._cache_name: cache}, use_cache=True, logits_to_keep=1
             )
-        return output.logits[:, -1]
+        return output.logits[:, -1].to(self.device)
 
     def _on_layer(self, _module: Any, _args: Any, output: Any) -> Any:
         steering: Steering | None = getattr(self._local, "steering", None)

@@ -155,13 +155,18 @@ class Readouts:
     def _residual_gradient(
         self, prompt: list[int], start: int, end: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hooked residual stream and the gradient of the target logits with respect to it."""
+        """The hooked residual stream and the gradient of the target logits with respect to it.
+
+        The only tensor that asks for a gradient is that residual (the hook makes it a leaf;
+        the model's parameters are frozen), so autograd records nothing below the hooked layer
+        and keeps no parameter gradient: just what the backward pass to the residual needs.
+        """
         steering = self._new_pass(EMPTY_PLAN, watch_from=len(prompt), track_gradient=True)
         ids = torch.tensor([prompt], device=self._hooked.device)
         with torch.enable_grad(), self._hooked.steered(steering):
             logits = self._hooked.model(input_ids=ids, use_cache=False).logits[0]
-            targets = torch.arange(start, end + 1, device=self._hooked.device)
-            score = logits[targets - 1, ids[0, targets]].sum()
+            targets = torch.arange(start, end + 1, device=logits.device)
+            score = logits[targets - 1, ids[0].to(logits.device)[targets]].sum()
             assert steering.residual is not None
             (gradient,) = torch.autograd.grad(score, steering.residual)
         return steering.residual[0].detach(), gradient[0]

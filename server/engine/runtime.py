@@ -51,6 +51,10 @@ class Runtime:
     def __init__(self, bundle: ModelBundle, *, strength: float = STEERING_STRENGTH) -> None:
         self.bundle = bundle
         model = bundle.model
+        # Nothing here trains: frozen parameters keep autograd from recording the layers below
+        # the hook when attribution differentiates with respect to the residual stream.
+        model.requires_grad_(False)
+        bundle.sae.requires_grad_(False)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 4096))
         self._prompts = ChatPrompts(bundle.tokenizer, self.context_length)
         self._hooked = HookedModel(model, bundle.layer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -64,3 +65,31 @@ def test_good_setup_with_the_tiny_server_passes(tmp_path, tiny_server):
     assert "PROBLEM" not in result.stdout
     assert f"ok       backend: {tiny_server.base_url} serves ember-tiny" in result.stdout
     assert (tmp_path / "data" / "ember-bot.db").exists()
+
+
+def test_doctor_reports_what_the_tiny_server_serves(tmp_path, tiny_server, tiny_bundle):
+    result = run_doctor(tmp_path, f"GOODFIRE_BASE_URL={tiny_server.base_url}\n")
+    served = [line for line in result.stdout.splitlines() if line.startswith("ok       served")]
+    labels = len(tiny_bundle.labels)
+    assert served == [
+        f"ok       served: model ember-tiny, SAE ember-tiny-sae, layer 1, {labels} labels, "
+        "lexical search"
+    ]
+    assert labels > 0
+
+
+async def test_doctor_says_what_a_backend_without_those_facts_serves_is_unknown(
+    tmp_path, fake_ember
+):
+    # The fake, like hosted Ember, has no /health with the served SAE, layer and labels.
+    result = await asyncio.to_thread(
+        run_doctor,
+        tmp_path,
+        f"GOODFIRE_BASE_URL={fake_ember.base_url}\nGOODFIRE_API_KEY={fake_ember.api_key}\n",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    served = [line for line in result.stdout.splitlines() if "served" in line]
+    assert served[-1] == (
+        "ok       served: SAE, layer, label count and search mode unknown "
+        "(the backend does not report them, as hosted Ember does not)"
+    )

@@ -47,7 +47,14 @@ async def test_models_and_health_describe_the_served_pair(tiny_server, tiny_bund
     async with httpx.AsyncClient(base_url=tiny_server.base_url) as session:
         health = (await session.get("/health")).json()
         listing = (await session.get(f"{API_PREFIX}/models")).json()
-    assert health == {"status": "ok", "model": tiny_bundle.model_id}
+    assert health == {
+        "status": "ok",
+        "model": tiny_bundle.model_id,
+        "sae": tiny_bundle.sae_id,
+        "layer": tiny_bundle.layer,
+        "labels": len(tiny_bundle.labels),
+        "search": "lexical",
+    }
     (entry,) = listing["data"]
     assert listing["object"] == "list"
     assert entry["id"] == tiny_bundle.model_id

@@ -14,6 +14,7 @@ distribution (odds of about 1e-6 per token).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import threading
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -23,6 +24,7 @@ import goodfire
 import httpx
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
 from server.api.app import API_PREFIX
 from server.engine.batching import PaddedBatch, prefill_inputs, row_cache
@@ -30,6 +32,12 @@ from server.engine.worker import Batched, InferenceWorker
 from server.model.presets import TINY_PLANTED
 
 BATCH_TOLERANCE = 1e-4
+# transformers 5.x renamed `past_key_values` to `cache` (as server/engine/hooked_model.py knows)
+CACHE = (
+    "cache"
+    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+    else "past_key_values"
+)
 PIRATE, _ = TINY_PLANTED["pirate speech"]
 FOOD, _ = TINY_PLANTED["food and cooking"]
 CATS, _ = TINY_PLANTED["cats and kittens"]
@@ -119,7 +127,7 @@ def decode_alone(model: Any, prompt: list[int], tokens: list[int]) -> list[torch
     cache, logits = row_cache(), []
     with torch.inference_mode():
         for ids in [prompt, *([token] for token in tokens)]:
-            output = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True)
+            output = model(input_ids=torch.tensor([ids]), **{CACHE: cache}, use_cache=True)
             logits.append(output.logits[0, -1])
     return logits
 
@@ -153,7 +161,7 @@ def test_batched_rows_decode_like_solo_rows(tiny_bundle, one_thread) -> None:
                 assert batch.cache.get_seq_length() == widest < len(prompts[leaver])
             if batch.rows:
                 fed = [tokens[row][done[row]] for row in batch.rows]
-                output = model(**batch.inputs(fed), cache=batch.cache, use_cache=True)
+                output = model(**batch.inputs(fed), **{CACHE: batch.cache}, use_cache=True)
                 batch.advance()
                 for position, row in enumerate(batch.rows):
                     done[row] += 1
@@ -162,7 +170,7 @@ def test_batched_rows_decode_like_solo_rows(tiny_bundle, one_thread) -> None:
             if joining := joins_at.get(step):
                 inputs, mask = prefill_inputs([prompts[row] for row in joining], batch.device)
                 cache = row_cache()
-                output = model(**inputs, cache=cache, use_cache=True)
+                output = model(**inputs, **{CACHE: cache}, use_cache=True)
                 batch.join(joining, cache, mask)
                 for position, row in enumerate(joining):
                     done[row] = 0

@@ -6,7 +6,9 @@ Each writes what the real releases contain:
   the older flat style (hook_name/hook_layer at top level, activation_fn_str, activation_fn_kwargs);
 - Goodfire: `torch.save` of an nn.Module state dict with `encoder_linear` = nn.Linear(d_in, d_sae)
   and `decoder_linear` = nn.Linear(d_sae, d_in);
-- Gemma Scope: `params.npz` with W_enc, W_dec, b_enc, b_dec, threshold (float32).
+- Gemma Scope: `params.npz` with W_enc, W_dec, b_enc, b_dec, threshold (float32);
+- Gemma Scope 2: `params.safetensors` with lowercase w_enc, w_dec, b_enc, b_dec, threshold, and
+  optionally the `config.json` SAELens reads beside it (architecture, hf_hook_point_in).
 """
 
 from __future__ import annotations
@@ -138,6 +140,17 @@ def write_gemma_scope(path: Path, weights: Weights, **overrides: np.ndarray) -> 
             stream, **{name: np.asarray(array, dtype=np.float32) for name, array in arrays.items()}
         )
     return path
+
+
+def write_gemma_scope_2(directory: Path, weights: Weights, config: dict | None = None) -> Path:
+    """`directory`/params.safetensors (and config.json when given); returns the weights file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")  # stored lowercase: w_enc, ...
+    tensors = {name.lower(): getattr(weights, name).contiguous() for name in names}
+    save_file(tensors, directory / "params.safetensors")
+    if config is not None:
+        (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory / "params.safetensors"
 
 
 def write_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:

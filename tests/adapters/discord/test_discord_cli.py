@@ -12,6 +12,7 @@ from discord.http import Route
 
 from adapters.discord.app import main
 from tests.support.fake_discord import APPLICATION_ID, GUILD_ID, TOKEN, FakeDiscord
+from tests.support.faults import bot_token
 
 
 @pytest.fixture
@@ -77,11 +78,13 @@ def invite_parameters(url: str) -> dict[str, list[str]]:
 
 
 async def test_invite_url_asks_for_bot_and_commands_scopes_and_few_permissions(
-    fake_discord, capsys
+    fake_discord, monkeypatch, capsys
 ):
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", bot_token(APPLICATION_ID))
     assert await run_main("invite-url") == 0
     query = invite_parameters(capsys.readouterr().out)
-    assert query["client_id"] == [str(APPLICATION_ID)]  # fetched from the application
+    assert query["client_id"] == [str(APPLICATION_ID)]  # read from the token
+    assert fake_discord.calls == []  # no network
     assert query["scope"] == ["bot applications.commands"]
     permissions = discord.Permissions(int(query["permissions"][0]))
     assert permissions.send_messages and permissions.read_message_history
