@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         print(f"ember-bot serve: could not load the model: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # most often during a first-use download, which resumes
+        print("\nember-bot serve: interrupted; run it again to resume.", file=sys.stderr)
+        return 130
     app = create_app(bundle, api_key=args.api_key)
     freeze_loaded_objects()
     print(f"Serving {bundle.model_id} with SAE {bundle.sae_id} (layer {bundle.layer})")

@@ -102,6 +102,8 @@ def labels_problem(labels: str | None) -> str | None:
         read_label_file(path, sys.maxsize)  # every index fits: the SAE is not loaded yet
     except ValueError as error:
         return f"{str(error).rstrip('.')}; {LABELS_HELP}."
+    except OSError as error:
+        return f"cannot read labels {path}: {error.strerror or error}; {LABELS_HELP}."
     return None
 
 

@@ -29,7 +29,10 @@ class HookedModel:
 
     def __init__(self, model: PreTrainedModel, layer: int) -> None:
         self.model = model
-        self.device = next(model.parameters()).device
+        # The embedding's device, not the first parameter's: multimodal models (Gemma 3) list a
+        # vision tower first, which a device map may place elsewhere.
+        embedding = model.get_input_embeddings()
+        self.device: torch.device = next(embedding.parameters()).device
         self._local = threading.local()
         # transformers 5.x renamed `past_key_values` to `cache` (argument and output field).
         parameters = inspect.signature(model.forward).parameters

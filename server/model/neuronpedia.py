@@ -3,7 +3,8 @@
 Neuronpedia publishes each SAE's explanations as gzipped JSON Lines batches,
 `{base}/<model id>/<source id>/explanations/batch-N.jsonl.gz`, N = 0, 1, 2, … . No listing is
 published that a plain mirror would also serve, so the batches are fetched in order until one is
-missing (404; S3 answers 403 for a missing key where listing is not allowed). The base is
+missing: a 404, or S3's 403 for a missing key where listing is not allowed. A 403 on batch 0 is
+an error (a private or misspelt source looks the same); after batch 0 it ends the list. The base is
 `EMBER_LABELS_URL` (or `--labels-url`), by default Neuronpedia's bucket.
 
 The cache (`EMBER_LABELS_CACHE`, by default ~/.cache/ember-bot/labels) holds
@@ -36,7 +37,8 @@ DEFAULT_LABELS_URL = "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com/v1
 EXPLANATIONS = "explanations"
 COMPLETE = "complete.json"
 PARTIAL = ".partial"
-MISSING = (403, 404)
+NOT_FOUND = 404
+FORBIDDEN = 403  # S3's answer for a missing key when the bucket does not allow listing
 TIMEOUT = httpx.Timeout(30.0, read=120.0)
 CHUNK = 1 << 20
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -128,10 +130,25 @@ def _fetch(url: str, target: Path, what: str, *, offline: bool, command: str) ->
         )
     staging = target.with_name(target.name + PARTIAL)
     batches = staging / EXPLANATIONS
-    batches.mkdir(parents=True, exist_ok=True)
     try:
+        batches.mkdir(parents=True, exist_ok=True)
         count = _download_batches(url, batches, what)
         _write_atomically(staging / COMPLETE, json.dumps({"url": url, "batches": count}) + "\n")
+        _publish(staging, target)
+    except OSError as error:
+        raise LabelsDownloadError(
+            f"Cannot write the labels {what} under {staging}: {error.strerror or error}; free "
+            f"space there or point {LABELS_CACHE_ENV} at another folder, then run again."
+        ) from None
+    finally:
+        if batches.is_dir() and not any(batches.iterdir()):  # nothing whole to resume from
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / EXPLANATIONS
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename the finished `staging` folder to `target`, unless another process did first."""
+    try:
         if target.exists() and not (target / COMPLETE).is_file():
             shutil.rmtree(target)  # stale: a folder only ever becomes `target` when complete
         staging.rename(target)
@@ -139,10 +156,6 @@ def _fetch(url: str, target: Path, what: str, *, offline: bool, command: str) ->
         if not (target / COMPLETE).is_file():
             raise
         shutil.rmtree(staging, ignore_errors=True)
-    finally:
-        if batches.is_dir() and not any(batches.iterdir()):  # nothing whole to resume from
-            shutil.rmtree(staging, ignore_errors=True)
-    return target / EXPLANATIONS
 
 
 def _download_batches(url: str, folder: Path, what: str) -> int:
@@ -160,7 +173,7 @@ def _download_batches(url: str, folder: Path, what: str) -> int:
                 try:
                     found = _download_batch(client, batch_url, folder / name, bar)
                 except httpx.HTTPError as error:
-                    again = "Run again to resume; " if count else ""
+                    again = "Run again to resume; " if count else _forbidden_hint(error)
                     raise LabelsDownloadError(
                         f"Cannot download the labels {what} from {batch_url}: {_describe(error)}. "
                         f"{again}{MIRROR_HINT}."
@@ -182,7 +195,9 @@ def _download_batch(client: httpx.Client, url: str, path: Path, bar: tqdm) -> bo
     temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         with client.stream("GET", url) as response:
-            if response.status_code in MISSING:
+            if response.status_code == NOT_FOUND or (
+                response.status_code == FORBIDDEN and path.name != "batch-0.jsonl.gz"
+            ):
                 return False
             response.raise_for_status()
             with temporary.open("wb") as stream:
@@ -214,6 +229,12 @@ def _write_atomically(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _forbidden_hint(error: httpx.HTTPError) -> str:
+    if isinstance(error, httpx.HTTPStatusError) and error.response.status_code == FORBIDDEN:
+        return "S3 answers 403 for a missing or private export: check the model and source ids; "
+    return ""
 
 
 def _describe(error: httpx.HTTPError) -> str:

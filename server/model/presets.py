@@ -39,10 +39,6 @@ __all__ = [  # loading.py's names too, kept importable from here
     "resolve_dtype",
 ]
 
-# Neuronpedia publishes each SAE's labels as gzipped JSONL batches under
-# {NEURONPEDIA_EXPORTS}/<model id>/<sae id>/explanations/.
-NEURONPEDIA_EXPORTS = "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com/v1"
-
 
 @dataclass(frozen=True)
 class Preset:
@@ -50,7 +46,6 @@ class Preset:
     model: str
     sae: str
     layer: int
-    labels: str | None
     description: str
 
 
@@ -62,11 +57,10 @@ PRESETS: dict[str, Preset] = {
             TINY_MODEL_ID,
             TINY_SAE_ID,
             1,
-            None,
             "A small random Llama with planted, labelled features; built in memory, no download.",
         ),
         *(
-            Preset(e.name, e.model, e.source().spec, e.layer, None, e.description)
+            Preset(e.name, e.model, e.source().spec, e.layer, e.description)
             for e in CATALOG.values()
         ),
     )
@@ -96,8 +90,9 @@ def load_preset(
     labels: str | None = None,
     **loading: Any,
 ) -> ModelBundle:
-    """The preset `name`; `labels` overrides the preset's label file. `loading`: load_bundle's
-    placement options (device_map, quantize, check_memory)."""
+    """The preset `name`; `labels`: a label file or folder (fetched ones come from
+    server.model.fetch). `loading`: load_bundle's placement options (device_map, quantize,
+    check_memory)."""
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     if name == "tiny":
@@ -107,7 +102,7 @@ def load_preset(
         preset.model,
         preset.sae,
         preset.layer,
-        labels or preset.labels,
+        labels,
         device=device,
         dtype=dtype,
         **loading,

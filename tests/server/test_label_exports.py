@@ -88,6 +88,39 @@ def test_a_batch_that_is_not_gzip_is_refused_and_not_kept(labels_cache: Path) ->
     assert partial_files(labels_cache) == []
 
 
+def test_s3s_403_for_a_missing_key_ends_the_list_but_not_on_the_first_batch(
+    labels_cache: Path,
+) -> None:
+    batches = hub_repos.explanation_batches(NP_MODEL, NP_SOURCE, LABELS, 2)
+    with FakeExports(batches, missing_status=403) as site:
+        folder = neuronpedia.fetch_labels(NP_MODEL, NP_SOURCE, base_url=f"{site.url}/v1")
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "batch-0.jsonl.gz",
+        "batch-1.jsonl.gz",
+    ]
+
+    with (
+        FakeExports({}, missing_status=403) as site,
+        pytest.raises(neuronpedia.LabelsDownloadError) as failure,
+    ):
+        neuronpedia.fetch_labels(NP_MODEL, "no-such-source", base_url=f"{site.url}/v1")
+    message = str(failure.value)
+    assert "HTTP 403" in message and "missing or private" in message and "\n" not in message
+
+
+def test_a_labels_cache_that_cannot_be_written_is_one_line(
+    tmp_path: Path, exports: FakeExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(neuronpedia.LABELS_CACHE_ENV, str(blocker / "labels"))
+    with pytest.raises(neuronpedia.LabelsDownloadError) as failure:
+        neuronpedia.fetch_labels(NP_MODEL, NP_SOURCE, base_url=f"{exports.url}/v1")
+    message = str(failure.value)
+    assert neuronpedia.LABELS_CACHE_ENV in message and "\n" not in message
+    assert blocker.read_text() == "not a folder"
+
+
 def test_labels_base_url_and_cache_come_from_the_environment(
     labels_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

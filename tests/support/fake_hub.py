@@ -291,10 +291,12 @@ def _commit(repo: HubRepo) -> dict[str, str]:
 
 
 class FakeExports:
-    """Serves `files` (URL path -> bytes); `cut_once` paths are cut short on their first GET."""
+    """Serves `files` (URL path -> bytes); `cut_once` paths are cut short on their first GET.
+    A missing key answers `missing_status`: 404, or 403 as S3 does where listing is not allowed."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def __init__(self, files: dict[str, bytes], missing_status: int = 404) -> None:
         self.files = files
+        self.missing_status = missing_status
         self.cut_once: set[str] = set()
         self._server = Loopback(self._route)
         self.url = self._server.url
@@ -313,7 +315,8 @@ class FakeExports:
     def _route(self, method: str, target: str, headers: dict[str, str]) -> Reply:
         path = urlsplit(target).path
         if path not in self.files:
-            return Reply(404, {"Content-Type": "application/xml"}, b"<Error>NoSuchKey</Error>")
+            code = b"NoSuchKey" if self.missing_status == 404 else b"AccessDenied"
+            return Reply(self.missing_status, {"Content-Type": "application/xml"}, code)
         cut = method == "GET" and path in self.cut_once
         if cut:
             self.cut_once.discard(path)
