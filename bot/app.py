@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import sys
@@ -23,12 +22,13 @@ from bot.backend.retries import RetryPolicy
 from bot.commands.catalog import build_registry
 from bot.commands.registry import CommandContext
 from bot.domain.errors import SetupError, UnauthorizedError
+from bot.ops import event_loop
 from bot.ops.logs import configure_logging
 from bot.ops.metrics import Metrics
 from bot.ops.monitoring import MonitoringServer
 from bot.settings import Settings
 from bot.usecases.service import EmberService
-from storage.store import Store
+from storage.database import open_database
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,10 @@ async def open_context(settings: Settings) -> AsyncIterator[CommandContext]:
     metrics = Metrics()
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
     metrics.watch_breaker(breaker)
-    store = await Store.open(
-        settings.database_path, busy_timeout=settings.database_busy_timeout_seconds
+    database = await open_database(
+        settings.database_url,
+        busy_timeout=settings.database_busy_timeout_seconds,
+        pool_size=settings.database_pool_size,
     )
     try:
         async with EmberGateway(
@@ -53,10 +55,11 @@ async def open_context(settings: Settings) -> AsyncIterator[CommandContext]:
             # A few connections more serve what takes no slot (health checks, the model lookup).
             max_connections=settings.backend_max_concurrency + 4,
         ) as gateway:
-            service = EmberService(store, gateway, settings, metrics=metrics)
-            yield CommandContext(service, settings, build_registry())
+            service = EmberService(database, gateway, settings, metrics=metrics)
+            async with service.turns.watching():
+                yield CommandContext(service, settings, build_registry())
     finally:
-        await store.close()
+        await database.close()
 
 
 @asynccontextmanager
@@ -107,6 +110,7 @@ async def check_backend(ctx: CommandContext) -> None:
 
 async def run_app(settings: Settings, main: Callable[[CommandContext], Awaitable[None]]) -> None:
     """Run an adapter until it returns or SIGTERM/SIGINT; then drain, and close everything."""
+    log.info("ember-bot starting (event loop: %s)", event_loop.loop_name())
     async with open_context(settings) as ctx, monitoring(ctx):
         await check_backend(ctx)
         freeze_startup_objects()
@@ -136,7 +140,7 @@ def run_blocking(
     stopped = False
     logging_setup = configure_logging(settings, platforms=platforms)
     try:
-        asyncio.run(work)
+        event_loop.run(work)  # uvloop when installed
     except* SetupError as group:
         failures += [str(error) for error in group.exceptions]
     except* setup_errors as group:

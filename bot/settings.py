@@ -63,13 +63,17 @@ class Settings(EnvSettings):
         None, description="Model id; unset = ask the server's /models route."
     )
     database_url: str = Field(
-        "sqlite:///data/ember-bot.db", description="SQLite database, as sqlite:///path."
+        "sqlite:///data/ember-bot.db",
+        description="sqlite:///path (one process), or postgresql://user:password@host/db.",
     )
     database_busy_timeout_seconds: float = Field(
         5.0,
         gt=0,
         le=600,
         description="How long a database write waits for another process's lock.",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=500, description="PostgreSQL connections per bot process."
     )
     system_prompt: str = Field(
         "You are a helpful assistant in a team chat. Be brief, friendly and to the point.",
@@ -111,13 +115,16 @@ class Settings(EnvSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _database_url_is_sqlite(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
-            raise ValueError("must look like sqlite:///path/to/file.db")
+    def _database_url_is_known(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                "must look like sqlite:///path/to/file.db or postgresql://user:password@host/db"
+            )
         return value
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file; meaningless when DATABASE_URL is a PostgreSQL URL."""
         return Path(self.database_url.removeprefix("sqlite:///"))
 
     @property
@@ -225,11 +232,12 @@ def load_settings_or_report(stream: TextIO = sys.stderr) -> Settings | None:
 
 
 def load_or_report(
-    settings_class: type[SettingsT], stream: TextIO = sys.stderr
+    settings_class: type[SettingsT], stream: TextIO = sys.stderr, **overrides: object
 ) -> SettingsT | None:
-    """`settings_class` loaded, or None after printing one `config error:` line per problem."""
+    """`settings_class` loaded (`overrides`, e.g. from command-line flags, win over the
+    environment), or None after printing one `config error:` line per problem."""
     try:
-        return load(settings_class)
+        return load(settings_class, **overrides)
     except SettingsError as error:
         for problem in error.problems:
             print(f"config error: {problem}", file=stream)

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from server.api.app import create_app
+from server.engine_vllm.arguments import add_engine_arguments, build_engine, engine_problem, loaders
 from server.fetch_cli import LABELS_URL_HELP
 from server.model import saelens_releases
 from server.model.catalog import preset_table
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load even when the memory estimate says it will not fit",
     )
+    add_engine_arguments(parser)
     return parser
 
 
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model needs --sae too")
     if args.sae and not args.model and not saelens_releases.looks_like_release(args.sae):
         parser.error("--sae with a file, folder or hf: spec needs --model too")
+    if problem := engine_problem(args):
+        parser.error(problem)
     if problems := preflight(args.host, args.port, args.sae, args.labels):  # before any wait
         for problem in problems:
             print(f"ember-bot serve: {problem}", file=sys.stderr)
@@ -112,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # most often during a first-use download, which resumes
         print("\nember-bot serve: interrupted; run it again to resume.", file=sys.stderr)
         return 130
-    app = create_app(bundle, api_key=args.api_key)
+    app = create_app(bundle, api_key=args.api_key, engine=build_engine(args, bundle))
     freeze_loaded_objects()
-    print(f"Serving {bundle.model_id} with SAE {bundle.sae_id} (layer {bundle.layer})")
+    search, engine = app.state.served.search.mode, app.state.served.runtime.name
+    print(
+        f"Serving {bundle.model_id} with SAE {bundle.sae_id} (layer {bundle.layer}); "
+        f"{search} search; {engine} engine"
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -129,16 +137,18 @@ def _load_bundle(args: argparse.Namespace) -> ModelBundle:
     }
     sources = sources_for(args.preset, args.model, args.sae, args.labels)
     fetched = fetch(sources, labels_url=args.labels_url)  # what the caches lack, on first use
+    options["embedding"] = fetched.embedding
     labels = str(fetched.labels) if fetched.labels is not None else None
+    load_model, load_named = loaders(args) or (load_bundle, load_preset)
     if args.sae and saelens_releases.looks_like_release(args.sae):
         source = saelens_releases.resolve(args.sae)
         layer = source.layer if args.layer is None else args.layer
         model = args.model or source.model
-        bundle = load_bundle(model, source.spec, layer, labels, **options)
+        bundle = load_model(model, source.spec, layer, labels, **options)
         return dataclasses.replace(bundle, sae_id=source.name)
     if args.model:
-        return load_bundle(args.model, args.sae, args.layer, labels, **options)
-    return load_preset(args.preset or "tiny", labels=labels, **options)
+        return load_model(args.model, args.sae, args.layer, labels, **options)
+    return load_named(args.preset or "tiny", labels=labels, **options)
 
 
 class BackgroundServer:

@@ -99,7 +99,9 @@ class Store:
         # A file SQLite cannot open fails here, not in aiosqlite, whose worker thread would
         # outlive a failed connect and report into a closed event loop.
         await asyncio.to_thread(lambda: sqlite3.connect(path).close())
-        connection = await aiosqlite.connect(path)
+        # Autocommit: a single statement commits by itself (one trip to aiosqlite's thread, not
+        # BEGIN + statement + COMMIT); `_transaction` still brackets several with BEGIN/COMMIT.
+        connection = await aiosqlite.connect(path, isolation_level=None)
         try:
             connection.row_factory = aiosqlite.Row
             await connection.execute(f"PRAGMA busy_timeout={round(busy_timeout * 1000)}")
@@ -169,6 +171,19 @@ class Store:
             )
         return DEFAULT_VARIANT
 
+    async def active_variant(self, session: SessionKey, base_model: str) -> VariantState | None:
+        """The session's active variant in one query (a new session is created first, with its
+        default variant); None when that variant was deleted underneath."""
+        rows = await self._fetchall(
+            "SELECT v.name, v.base_model, v.edits_json, v.guards_json FROM sessions s "
+            "LEFT JOIN variants v ON v.session_key = s.key AND v.name = s.active_variant "
+            "WHERE s.key = ?",
+            str(session),
+        )
+        if not rows:
+            return await self.get_variant(session, await self.ensure_session(session, base_model))
+        return _variant_from_row(rows[0]) if rows[0]["name"] is not None else None
+
     async def get_variant(self, session: SessionKey, name: str) -> VariantState | None:
         key = str(session)
         rows = await self._fetchall(
@@ -229,12 +244,17 @@ class Store:
     async def append_message(
         self, session: SessionKey, role: str, content: str, author: str = ""
     ) -> None:
-        key = str(session)
-        async with self._transaction() as db:
-            await db.execute(
+        # One statement, so autocommit makes it one trip; the lock keeps it out of another
+        # call's open transaction on this connection.
+        async with self._write_lock:
+            await self._fetchall(
                 "INSERT INTO messages (session_key, role, author, content, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (key, role, author, content, time.time()),
+                str(session),
+                role,
+                author,
+                content,
+                time.time(),
             )
 
     async def recent_messages(self, session: SessionKey, limit: int) -> list[StoredMessage]:
@@ -256,6 +276,13 @@ class Store:
             return cursor.rowcount
 
     # --- audit log ---------------------------------------------------------------------------
+
+    async def record_audit(
+        self, session: SessionKey, *, actor: str, action: str, detail: dict[str, Any]
+    ) -> None:
+        """An audit entry that changes nothing else (e.g. feedback on a reply)."""
+        async with self._transaction() as db:
+            await _audit(db, str(session), actor, action, detail)
 
     async def count_audit_entries(self, session: SessionKey) -> int:
         key = str(session)

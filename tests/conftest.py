@@ -11,9 +11,12 @@ from bot.commands.registry import CommandContext
 from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
 from tests.support.fake_ember import FakeEmber
+from tests.support.postgres_server import postgres_server, postgres_url
 from tests.support.server_fixtures import client, model_id, tiny_bundle, tiny_server
 
 __all__ = [
+    "postgres_server",
+    "postgres_url",
     "client",
     "model_id",
     "tiny_bundle",

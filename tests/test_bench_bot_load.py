@@ -36,6 +36,9 @@ def test_a_toy_run_measures_every_part_and_prints_json_and_a_table():
     memory = report["memory"]
     assert memory["stored_sessions"] == 20
     assert 0 < memory["rss_started_mb"] <= memory["rss_peak_mb"]
+    # A warm turn: the active variant, the user's message, the history, the reply.
+    assert report["database_round_trips_per_turn"] == 4
+    assert report["event_loop"].split()[0] in ("uvloop", "asyncio")
     verdicts = {t["name"]: t["verdict"] for t in report["targets"]}
     assert verdicts["loop lag p99, 500 concurrent streams"] == "not run"
     assert verdicts["peak RSS, 10k stored / 1k active sessions"] == "not run"

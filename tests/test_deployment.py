@@ -66,6 +66,19 @@ def test_every_compose_service_runs_an_existing_cli_command():
         assert command[1] in cli_commands(), name
 
 
+def test_the_postgres_layer_runs_bot_commands_on_the_postgres_service():
+    layer = yaml.safe_load((ROOT / "docker-compose.postgres.yml").read_text())
+    bots = {name: s for name, s in layer["services"].items() if name != "postgres"}
+    assert len(bots) >= 3
+    for name, service in bots.items():
+        assert service["command"][:2] in (["ember-bot", "discord"], ["ember-bot", "slack"]), name
+        assert set(service["environment"]) <= SETTINGS_NAMES, name
+        assert "@postgres:5432/" in service["environment"]["DATABASE_URL"], name
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    shards = [s["environment"].get("DISCORD_SHARD_IDS") for s in bots.values()]
+    assert sorted(s for s in shards if s is not None) == ["0", "1"]
+
+
 def test_every_env_var_compose_passes_is_a_setting():
     passed = set()
     for service in compose()["services"].values():

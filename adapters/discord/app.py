@@ -2,7 +2,8 @@
 
     ember-bot discord                      run the bot
     ember-bot discord sync [--guild ID]    register the slash commands (globally, or in one guild)
-    ember-bot discord invite-url           print the link that adds the bot to a server
+    ember-bot discord invite-url [--user]  print the link that adds the bot to a server (or,
+                                           --user, installs it for yourself)
 
 Commands are never synced on connect: `sync` does it on purpose, and guilds listed in
 DISCORD_DEV_GUILD_IDS are synced once at start-up (guild commands update instantly).
@@ -30,6 +31,7 @@ from discord.http import Route
 from adapters.discord.chat import ChatResponder, Clock, is_addressed_to_bot
 from adapters.discord.commands import SlashCommands
 from adapters.discord.confirmations import ConfirmationButtons
+from adapters.discord.picker import FeaturePicker
 from adapters.discord.render import NO_PINGS
 from adapters.discord.replies import FollowUps
 from adapters.discord.retries import retry_unsent
@@ -37,6 +39,7 @@ from adapters.discord.settings import DiscordSettings
 from bot.commands.registry import CommandContext
 from bot.domain.errors import SetupError
 from bot.settings import NO_BACKEND_HELP, Settings, load_or_report, load_settings_or_report
+from bot.usecases.turn_ledger import ORPHAN_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,12 @@ log = logging.getLogger(__name__)
 discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
 
 SCOPES = ("bot", "applications.commands")
+# Installable in servers and by a person for themselves (then usable where the bot is not a
+# member); every command works in servers, in DMs with the bot, and in group DMs and other
+# people's DMs (user installs). A DM's steering is that conversation's own session.
+INSTALLS = app_commands.AppInstallationType(guild=True, user=True)
+CONTEXTS = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+USER_INSTALL = 1  # integration_type of a user install in an OAuth2 URL
 # what the bot does in channels; command replies are interaction webhooks and need none
 PERMISSIONS = discord.Permissions(
     view_channel=True,
@@ -127,18 +136,43 @@ class EmberDiscordBot(discord.Client):
         super().__init__(
             intents=bot_intents(settings), allowed_mentions=NO_PINGS, max_messages=None, **options
         )
-        self.tree = app_commands.CommandTree(self)
+        self.tree = app_commands.CommandTree(
+            self, allowed_installs=INSTALLS, allowed_contexts=CONTEXTS
+        )
         buttons = ConfirmationButtons(ctx, settings.steer_role_set)
         buttons.install(self)
-        follow_ups = FollowUps(buttons.view, clock)
+        picker = FeaturePicker(ctx, settings.steer_role_set)
+        picker.install(self)
+        follow_ups = FollowUps(buttons.buttons, picker.choose_button, clock)
         SlashCommands(ctx, follow_ups, settings.steer_role_set).install(self.tree)
         self._chat = ChatResponder(ctx, clock)
+        self._admission = ctx.service.admission
+        self._turns = ctx.service.turns
+        self._turns.on_orphan("discord", self.note_cut_off)
         self._listen_channels = settings.listen_channels
         self._dev_guilds = settings.dev_guilds
 
     async def on_message(self, message: discord.Message) -> None:
-        if self.user and is_addressed_to_bot(message, self.user.id, self._listen_channels):
+        if not self.user or not is_addressed_to_bot(message, self.user.id, self._listen_channels):
+            return
+        # Two processes given the same shard both receive the message: one answers.
+        if not await self._admission.first_delivery(f"discord:message:{message.id}"):
+            return
+        place = {"channel": str(message.channel.id), "message": str(message.id)}
+        async with self._turns.in_flight("discord", place):  # noted if this process dies
             await self._chat.respond(message, self.user.id)
+
+    async def note_cut_off(self, place: dict[str, str]) -> None:
+        """Reply to the message whose answer a dead process cut off (turn_ledger)."""
+        channel = self.get_partial_messageable(int(place["channel"]))
+        await channel.send(
+            ORPHAN_NOTE,
+            reference=discord.MessageReference(
+                message_id=int(place["message"]),
+                channel_id=int(place["channel"]),
+                fail_if_not_exists=False,
+            ),
+        )
 
     async def start_up(self, token: str) -> None:
         """Log in over REST and sync the dev guilds' commands; `connect()` then opens the
@@ -159,7 +193,11 @@ class EmberDiscordBot(discord.Client):
         return len(synced)
 
 
-def invite_url(client_id: int) -> str:
+def invite_url(client_id: int, *, user: bool = False) -> str:
+    """The link that adds the bot to a server, or (`user`) installs it for oneself."""
+    if user:
+        url = discord.utils.oauth_url(client_id, scopes=("applications.commands",))
+        return f"{url}&integration_type={USER_INSTALL}"
     return discord.utils.oauth_url(client_id, permissions=PERMISSIONS, scopes=SCOPES)
 
 
@@ -180,10 +218,22 @@ def use_api_base(settings: DiscordSettings) -> None:
     Route.BASE = settings.api_base
 
 
+class ShardedEmberDiscordBot(EmberDiscordBot, discord.AutoShardedClient):
+    """The same bot on some of the gateway shards (DISCORD_SHARD_IDS of DISCORD_SHARD_COUNT):
+    processes running different shards share the work, and the database the state."""
+
+
+def build_bot(ctx: CommandContext, settings: DiscordSettings) -> EmberDiscordBot:
+    if not settings.shard_count:
+        return EmberDiscordBot(ctx, settings)
+    ids = settings.shards or None
+    return ShardedEmberDiscordBot(ctx, settings, shard_ids=ids, shard_count=settings.shard_count)
+
+
 async def serve(ctx: CommandContext, settings: DiscordSettings) -> None:
     """Run the bot until cancelled (`bot.app.run_app` drains it on SIGTERM/SIGINT)."""
     use_api_base(settings)
-    async with EmberDiscordBot(ctx, settings) as bot:
+    async with build_bot(ctx, settings) as bot:
         async with reaching_discord(settings.api_base):
             await bot.start_up(settings.bot_token.get_secret_value())
         async with reaching_discord(settings.api_base, within=None):
@@ -209,9 +259,12 @@ def main(argv: list[str]) -> int:
     words after `discord`."""
     args = _parser().parse_args(argv)
     if args.action == "invite-url":
-        return _print_invite_url(args.client_id)
+        return _print_invite_url(args.client_id, user=args.user)
     settings = load_settings_or_report()
-    discord_settings = load_or_report(DiscordSettings)
+    shards = {"shard_ids": args.shard_ids, "shard_count": args.shard_count}
+    discord_settings = load_or_report(
+        DiscordSettings, **{name: value for name, value in shards.items() if value is not None}
+    )
     if settings is None or discord_settings is None:
         return 2
     token = discord_settings.bot_token.get_secret_value()
@@ -228,7 +281,7 @@ def main(argv: list[str]) -> int:
     )
 
 
-def _print_invite_url(client_id: int | None) -> int:
+def _print_invite_url(client_id: int | None, *, user: bool = False) -> int:
     """The invite link, worked out offline: the token names its application."""
     if client_id is None:
         discord_settings = load_or_report(DiscordSettings)
@@ -242,18 +295,27 @@ def _print_invite_url(client_id: int | None) -> int:
         if client_id is None:
             print(UNREADABLE_TOKEN_HELP, file=sys.stderr)
             return 2
-    print(invite_url(client_id))
+    print(invite_url(client_id, user=user))
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ember-bot discord", description="Run the Discord bot.")
+    parser.add_argument(
+        "--shard-ids", metavar="0,1", help="shards this process runs (default DISCORD_SHARD_IDS)"
+    )
+    parser.add_argument(
+        "--shard-count", type=int, metavar="N", help="shards in all (default DISCORD_SHARD_COUNT)"
+    )
     actions = parser.add_subparsers(dest="action")
     sync = actions.add_parser("sync", help="register the slash commands with Discord")
     sync.add_argument("--guild", type=int, metavar="ID", help="only in this guild (instant)")
     invite = actions.add_parser("invite-url", help="print the URL that adds the bot to a server")
     invite.add_argument(
         "--client-id", type=int, metavar="ID", help="application ID (default: read from the token)"
+    )
+    invite.add_argument(
+        "--user", action="store_true", help="the link that installs the app for yourself"
     )
     return parser
 

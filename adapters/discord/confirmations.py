@@ -20,8 +20,9 @@ from typing import Any
 
 import discord
 
+from adapters.discord.layouts import answered_layout
 from adapters.discord.permissions import actor_for, can_steer, session_key
-from adapters.discord.render import NO_PINGS, render_reply, truncate
+from adapters.discord.render import NO_PINGS, render_reply
 from adapters.discord.replies import Deferred
 from bot.commands.confirmations import EXPIRED, answer
 from bot.commands.registry import CommandContext, Invocation
@@ -78,11 +79,12 @@ class ConfirmationButtons:
         """Route clicks on any of our buttons, including those sent before a restart."""
         client.add_dynamic_items(self._button)
 
-    def view(self, confirmation: Confirmation) -> discord.ui.View:
-        view = discord.ui.View(timeout=None)
-        view.add_item(self._button(confirmation.token, True, confirmation.accept_label))
-        view.add_item(self._button(confirmation.token, False, confirmation.reject_label))
-        return view
+    def buttons(self, confirmation: Confirmation) -> list[discord.ui.Item[Any]]:
+        """Apply and Cancel, for the question's action row."""
+        return [
+            self._button(confirmation.token, True, confirmation.accept_label),
+            self._button(confirmation.token, False, confirmation.reject_label),
+        ]
 
     async def on_click(self, interaction: discord.Interaction, token: str, accept: bool) -> None:
         actor = actor_for(interaction.user)
@@ -117,8 +119,7 @@ async def refuse(interaction: discord.Interaction, reply: Reply) -> None:
 
 
 async def mark_answered(interaction: discord.Interaction, line: str) -> None:
-    """Remove the question's buttons and add `line` under it."""
-    asked = interaction.message.content if interaction.message else ""
+    """Remove the question's buttons and add `line` under it (the question is a v2 layout)."""
     await interaction.edit_original_response(
-        content=truncate(f"{asked}\n{line}"), view=None, allowed_mentions=NO_PINGS
+        view=answered_layout(interaction.message, line), allowed_mentions=NO_PINGS
     )

@@ -1,15 +1,14 @@
-"""Replies as Discord messages: tables in code blocks, text cut to the 2,000-character limit,
-side-by-side columns as embeds."""
+"""Replies as Discord message text: tables in code blocks, text cut to the 2,000-character
+limit. (Replies with more than text become Components v2 layouts: layouts.py.)"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 
 import discord
 
-from adapters.streaming import FENCE, Column, PlatformLimits, fit_column
-from bot.commands.render import render_table, shorten
+from adapters.streaming import FENCE, PlatformLimits
+from bot.commands.render import render_table
 from bot.commands.replies import Reply, Table
 
 MESSAGE_LIMIT = 2000
@@ -17,9 +16,6 @@ MAX_TABLE_ROWS = 25
 NO_PINGS = discord.AllowedMentions.none()
 BROKEN_FENCE = "`\u200b``"  # a label's own ``` must not close our code block
 CUT_MARKER = "… (cut short)"
-EMBEDS_TOTAL = 6000  # characters of all embeds in one message, titles included
-EMBED_TITLE = 100  # ours; Discord allows 256
-COLUMN_COLOURS = (discord.Colour.light_grey(), discord.Colour.orange(), discord.Colour.blue())
 
 
 def discord_length(text: str) -> int:
@@ -74,23 +70,3 @@ def reply_file(reply: Reply) -> discord.File | None:
     if reply.attachment is None:
         return None
     return discord.File(io.BytesIO(reply.attachment.content), filename=reply.attachment.filename)
-
-
-def with_prompt(reply: Reply, prompt: str) -> str:
-    """The reply's text, then the question its buttons answer, within the message limit."""
-    line = f"**{shorten(prompt, 200)}**"
-    return f"{render_reply(reply, MESSAGE_LIMIT - discord_length(line) - 1)}\n{line}"
-
-
-def column_embeds(columns: Sequence[Column]) -> list[discord.Embed]:
-    """One embed per column, each within its share of the 6,000 characters a message's embeds
-    may hold. Discord stacks embeds; a colour and a title tell the columns apart."""
-    share = EMBEDS_TOTAL // len(columns) - EMBED_TITLE
-    return [
-        discord.Embed(
-            title=shorten(column.title, EMBED_TITLE),
-            description=fit_column(column, share, discord_length),
-            colour=COLUMN_COLOURS[number % len(COLUMN_COLOURS)],
-        )
-        for number, column in enumerate(columns)
-    ]

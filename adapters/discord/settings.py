@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from bot.settings import EnvSettings, comma_items, comma_list, http_url
@@ -37,6 +37,36 @@ class DiscordSettings(EnvSettings):
         description="Comma-separated channel IDs where the bot answers every message "
         "(turns on the privileged Message Content intent; enable it in the Developer Portal).",
     )
+
+    shard_count: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Gateway shards of the whole bot, to spread over processes (0: one "
+        "connection, no sharding). Discord sends a server's events to shard "
+        "(server_id >> 22) % count.",
+    )
+    shard_ids: str = Field(
+        "",
+        description="Comma-separated shards this process runs, each below DISCORD_SHARD_COUNT "
+        "(empty: all of them).",
+    )
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards_fit_the_count(cls, value: str, info: ValidationInfo) -> str:
+        value = comma_list(value, str.isdigit, "must be comma-separated shard numbers (0, 1, …)")
+        count = info.data.get("shard_count", 0)  # validated before: declared before
+        ids = [int(i) for i in comma_items(value)]
+        if ids and not count:
+            raise ValueError("needs DISCORD_SHARD_COUNT (the total) too")
+        if any(i >= count for i in ids):
+            raise ValueError(f"must each be below DISCORD_SHARD_COUNT ({count})")
+        return value
+
+    @property
+    def shards(self) -> list[int]:
+        return [int(i) for i in comma_items(self.shard_ids)]
 
     @field_validator("api_base")
     @classmethod

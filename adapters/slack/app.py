@@ -4,7 +4,8 @@
     ember-bot slack --http --port 3000    # HTTP mode: SLACK_BOT_TOKEN + SLACK_SIGNING_SECRET
     ember-bot slack manifest              # print the app manifest for the configured commands
 
-Slash commands and pickers live in commands.py, streamed chat in chat.py, Block Kit and
+Slash commands and pickers live in commands.py, streamed chat in chat.py (native streams in
+streams.py), feedback buttons in feedback.py, assistant threads in assistant.py, Block Kit and
 escaping in render.py, the manifest in manifest.py, the settings in settings.py.
 """
 
@@ -32,8 +33,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.assistant import SlackAssistant
 from adapters.slack.chat import SlackChat
 from adapters.slack.commands import SlackCommands
+from adapters.slack.feedback import SlackFeedback
 from adapters.slack.manifest import build_manifest, manifest_yaml
 from adapters.slack.permissions import SteerPermissions
 from adapters.slack.render import SlackRenderer
@@ -126,7 +129,11 @@ class SlackBot:
         )
         replies = SlackReplies(renderer, clock)
         SlackCommands(ctx, permissions, renderer, replies).register(self.app)
-        SlackChat(ctx, settings.listen_channels, clock=clock).register(self.app)
+        SlackChat(
+            ctx, settings.listen_channels, native_streaming=settings.native_streaming, clock=clock
+        ).register(self.app)
+        SlackFeedback(ctx).register(self.app)
+        SlackAssistant(ctx).register(self.app)
 
     async def verify(self, app_token: str | None = None) -> None:
         """Fail fast, with a clear message, on a wrong token or an unreachable Slack."""

@@ -1,4 +1,10 @@
-"""The Slack app manifest, generated from the command registry (slack/manifest.yml is one)."""
+"""The Slack app manifest, generated from the command registry (slack/manifest.yml is one).
+
+Besides the slash commands it asks for what the AI-app surfaces need: the assistant view (the
+split-view pane with suggested prompts) and its events, and `assistant:write` for the
+prompts. Native streaming (chat.startStream & co.), the thread status and feedback buttons need
+only `chat:write`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from bot.commands.registry import Command, Registry
 
 BOT_SCOPES = (
     "app_mentions:read",
+    "assistant:write",  # suggested prompts in assistant threads
     "channels:history",
     "chat:write",
     "commands",
@@ -18,8 +25,18 @@ BOT_SCOPES = (
     "im:history",
     "usergroups:read",
 )
-BOT_EVENTS = ("app_mention", "message.channels", "message.groups", "message.im")
+BOT_EVENTS = (
+    "app_mention",
+    "assistant_thread_started",
+    "assistant_thread_context_changed",
+    "message.channels",
+    "message.groups",
+    "message.im",
+)
 DESCRIPTION = "Chat with a language model and steer it from the inside."
+ASSISTANT_DESCRIPTION = (
+    "A model steered from the inside; rate replies 👍/👎 to share what you liked."
+)
 
 
 def build_manifest(
@@ -42,6 +59,7 @@ def build_manifest(
         "display_information": {"name": "Ember", "description": DESCRIPTION},
         "features": {
             "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
+            "assistant_view": {"assistant_description": ASSISTANT_DESCRIPTION},
             "bot_user": {"display_name": "Ember", "always_online": True},
             "slash_commands": commands,
         },

@@ -1,5 +1,5 @@
 """Slack text and Block Kit: escaping both ways, Replies as messages, the feature picker,
-Apply/Cancel buttons, and streamed columns (/compare).
+Apply/Cancel buttons, streamed columns (/compare) and 👍/👎 feedback buttons.
 
 Everything we send goes through `escape`, so model output and echoed user text can never
 notify anyone (`<!channel>`, `<@U..>`) and always renders literally.
@@ -16,7 +16,8 @@ from typing import Any
 from adapters.streaming import Column, fit_column
 from bot.commands.render import render_table, shorten
 from bot.commands.replies import Confirmation, Reply, Table
-from bot.domain.types import FeatureRef
+from bot.domain.summary import edits_summary
+from bot.domain.types import FeatureRef, VariantState
 
 SECTION_LIMIT = 3_000  # characters of mrkdwn in one section block
 MAX_BLOCKS = 50
@@ -33,6 +34,9 @@ ACCEPT, REJECT = "ember_confirm_accept", "ember_confirm_reject"
 CONFIRM_BUTTON = re.compile(rf"^({ACCEPT}|{REJECT})$")
 COLUMN_TITLE_LIMIT = 150
 NOTIFICATION_CHARS = 1_000  # the `text` beside the blocks of a streamed message
+FEEDBACK_ACTION = "ember_feedback"
+FEEDBACK_BLOCK = "ember_feedback"
+MAX_FEEDBACK_VALUE = 2_000  # characters of a feedback button's value
 
 _ENTITY = re.compile(r"<([^<>]*)>")
 Block = dict[str, Any]
@@ -179,6 +183,34 @@ def confirm_buttons(confirmation: Confirmation) -> Block:
 def without_buttons(blocks: list[Block]) -> list[Block]:
     """A posted question's blocks with its Apply / Cancel row taken out."""
     return [block for block in blocks if block.get("block_id") != CONFIRM_BLOCK]
+
+
+def feedback_block(variant: VariantState) -> dict[str, Any]:
+    """A context_actions block with Slack's feedback buttons for a reply made with `variant`."""
+    steering = edits_summary(variant)
+
+    def button(rating: str, label: str, description: str) -> dict[str, Any]:
+        value = json.dumps({"rating": rating, "variant": variant.name, "steering": steering})
+        if len(value) > MAX_FEEDBACK_VALUE:  # very long steering: keep the rating and the variant
+            value = json.dumps({"rating": rating, "variant": variant.name[:100], "steering": ""})
+        return {
+            "text": {"type": "plain_text", "text": label},
+            "value": value,
+            "accessibility_label": description,
+        }
+
+    return {
+        "type": "context_actions",
+        "block_id": FEEDBACK_BLOCK,
+        "elements": [
+            {
+                "type": "feedback_buttons",
+                "action_id": FEEDBACK_ACTION,
+                "positive_button": button("good", "👍", "Good reply: I like this steering"),
+                "negative_button": button("bad", "👎", "Bad reply: I don't like this steering"),
+            }
+        ],
+    }
 
 
 def section(mrkdwn: str) -> Block:

@@ -40,6 +40,11 @@ class SlackSettings(EnvSettings):
     listen_channel_ids: str = Field(
         "", description="Comma-separated channel IDs where the bot answers every message."
     )
+    native_streaming: bool = Field(
+        True,
+        description="Stream replies with Slack's chat.startStream API where the workspace has "
+        "it (else, or if Slack refuses, chat.update streaming).",
+    )
     http_host: str = Field(
         "0.0.0.0", description="Address `ember-bot run` serves Slack's HTTP mode on."
     )

@@ -4,8 +4,10 @@ Requests the goodfire SDK handles correctly (search, lookup, inspect, label fetc
 `goodfire.AsyncClient`, but its per-request HTTP wrappers are replaced by `PooledHTTP`
 (`bot.backend.http`): one shared `httpx.AsyncClient` (the SDK builds a new one per request,
 ~21 ms of CPU each), no blocking `time.sleep` retries, and every failure mapped to
-`bot.domain.errors`. Chat streams are posted here and parsed by `bot.backend.sse`, because the
-SDK's stream parser breaks on ordinary SSE framing (docs/ember-api.md §3.3-3.4).
+`bot.domain.errors`. Chat streams are posted here over `bot.backend.streaming.StreamClient`
+(cheaper per event than httpx, and a broken connection keeps every byte that arrived) and parsed
+by `bot.backend.sse`, because the SDK's stream parser breaks on ordinary SSE framing
+(docs/ember-api.md §3.3-3.4).
 
 Retries (`bot.backend.retries`): 429, 5xx, timeouts and connection errors are retried with
 jittered exponential backoff (honouring Retry-After) until `RetryPolicy.attempts` or the call's
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -41,6 +44,7 @@ from bot.backend.errors import error_for_response, error_for_transport
 from bot.backend.http import PooledHTTP
 from bot.backend.retries import Attempts, RetryPolicy, call_deadline
 from bot.backend.sse import stream_text
+from bot.backend.streaming import StreamClient
 from bot.backend.wire import (
     Aggregate,
     aggregate_tokens,
@@ -48,6 +52,7 @@ from bot.backend.wire import (
     controller_json,
     feature_ref,
     sdk_feature,
+    searched_feature,
     token_activation,
 )
 from bot.domain.errors import BackendError, BackendUnavailableError, NotFoundError
@@ -102,6 +107,13 @@ class EmberGateway:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
         )
         self._pooled = PooledHTTP(self._http, retry)
+        self._streams = StreamClient(self._base_url, max_connections=max_connections)
+        self._chat_target = f"{httpx.URL(self._api_url).raw_path.decode()}/chat/completions"
+        self._stream_headers = {
+            **self._headers,
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+        }
         self._sdk = goodfire.AsyncClient(api_key, base_url=base_url.rstrip("/"))
         for api in (self._sdk.features, self._sdk.chat, self._sdk.chat.completions):
             api._http = self._pooled  # type: ignore[assignment]
@@ -113,6 +125,7 @@ class EmberGateway:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self._streams.aclose()
         if self._owns_http:
             await self._http.aclose()
 
@@ -168,9 +181,12 @@ class EmberGateway:
 
     async def search_features(self, query: str, top_k: int = 20) -> list[FeatureRef]:
         model = await self.model_id()
-        with self._call():
-            found = await self._sdk.features.search(query, model=model, top_k=top_k)  # type: ignore[arg-type]
-            return [feature_ref(feature) for feature in found]
+        params = {"query": query, "page": 1, "perPage": top_k, "model": model}
+        with self._call():  # the SDK's request, read here to keep ember-bot's label_score
+            response = await self._pooled.get(
+                f"{self._api_url}/features/search", headers=self._headers, params=params
+            )
+            return [searched_feature(hit) for hit in response.json()["features"]]
 
     async def lookup_features(self, indices: list[int]) -> list[FeatureRef]:
         """The features at these indices, in the order asked; unknown indices are left out."""
@@ -278,18 +294,18 @@ class EmberGateway:
     async def _stream_once(
         self, payload: dict[str, Any], attempts: Attempts, event_reasons: Mapping[str, str]
     ) -> AsyncIterator[str]:
+        body = json.dumps(payload).encode()
         try:
-            async with self._http.stream(
-                "POST",
-                f"{self._api_url}/chat/completions",
-                headers={**self._headers, "Accept": "text/event-stream"},
-                json=payload,
-                timeout=attempts.timeout(self._retry.deadline),
+            async with self._streams.post(
+                self._chat_target,
+                self._stream_headers,
+                body,
+                wait_seconds=attempts.timeout(self._retry.deadline),
             ) as response:
                 if response.status_code != 200:
-                    body = (await response.aread()).decode("utf-8", errors="replace")
-                    raise error_for_response(response.status_code, response.headers, body)
-                async for delta in stream_text(response, event_reasons):
+                    text = (await response.read()).decode("utf-8", errors="replace")
+                    raise error_for_response(response.status_code, response.headers, text)
+                async for delta in stream_text(response.chunks(), event_reasons):
                     yield delta
         except httpx.TransportError as error:
             raise error_for_transport(error, attempts.elapsed()) from error

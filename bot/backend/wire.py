@@ -28,6 +28,18 @@ def feature_ref(feature: goodfire.Feature) -> FeatureRef:
     return FeatureRef(feature.index_in_sae, feature.label, _canonical_uuid(str(feature.uuid)))
 
 
+def searched_feature(hit: dict[str, Any]) -> FeatureRef:
+    """One hit of `/features/search` as JSON: the SDK's fields plus ember-bot's `label_score`,
+    which the SDK's response model drops."""
+    score = hit.get("label_score")
+    return FeatureRef(
+        int(hit["index_in_sae"]),
+        str(hit["label"]),
+        _canonical_uuid(str(hit["id"])),
+        label_score=float(score) if isinstance(score, int | float) else None,
+    )
+
+
 def _canonical_uuid(value: str) -> str:
     try:
         return str(UUID(value))

@@ -11,14 +11,14 @@ from bot.domain.errors import UserInputError
 
 async def autosteer(ctx: CommandContext, inv: Invocation) -> Reply:
     description = inv.args["description"]
-    ctx.service.admission.admit_steering(inv.session, inv.actor)
+    await ctx.service.admission.admit_steering(inv.session, inv.actor)
     edits = await ctx.service.steering.autosteer(description)
     if not edits:
         raise UserInputError(
             f'AutoSteer found no features for "{shorten(description, 60)}". Try other words.'
         )
     variant = await ctx.service.variants.active(inv.session)
-    token = proposals(ctx.service).add(inv.session, inv.actor, edits)
+    token = await proposals(ctx.service).add(inv.session, inv.actor, edits)
     table = Table(
         f'AutoSteer proposes, for "{shorten(description, 60)}":',
         [TableRow(e.feature.label, e.value, f"#{e.feature.index_in_sae}") for e in edits],

@@ -17,7 +17,7 @@ async def compare(ctx: CommandContext, inv: Invocation) -> Reply:
             f'Variant "{variant.name}" is not steered, so both answers would be the same. '
             f"Steer it first, e.g. {STEER_EXAMPLES[0]}"
         )
-    prompt = ctx.service.chat.admit_prompt(inv.session, inv.actor, inv.args["prompt"])
+    prompt = await ctx.service.chat.admit_prompt(inv.session, inv.actor, inv.args["prompt"])
     titles = ("base", f"steered: {variant.name} · {edits_summary(variant)}")
     return Reply(
         "Same prompt, same seed: the base model, then this channel's variant.",

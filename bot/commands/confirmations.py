@@ -1,7 +1,9 @@
 """Yes/no proposals waiting for an answer (AutoSteer's edits), and carrying out the answer.
 
-A proposal waits in memory under an unguessable token for PROPOSAL_TTL seconds, bound to the
-channel it was made in; the book holds at most MAX_PENDING (the oldest go first). Only the
+A proposal waits under an unguessable token for PROPOSAL_TTL seconds, bound to the channel it
+was made in; at most MAX_PENDING wait (the oldest go first). With one process they wait in
+memory (ProposalBook); when several processes share a PostgreSQL database they wait in it
+(SharedProposals), so whichever process receives the click can answer. Only the
 person who asked, or someone allowed to steer in that channel, may answer it. Apply goes
 through the normal steering path (permission, steering rate limit, audit log); Cancel drops it.
 Adapters call `answer(...)` from a button (Discord, Slack) or a y/n prompt (console).
@@ -21,10 +23,11 @@ from bot.commands.registry import Command, CommandContext, Invocation, Permissio
 from bot.commands.replies import Reply, error_reply
 from bot.commands.runner import run_command
 from bot.domain.errors import UserInputError
-from bot.domain.types import FeatureEdit
+from bot.domain.types import Actor, FeatureEdit
+from storage.interface import SharedState, StoredProposal
 
 if TYPE_CHECKING:
-    from bot.domain.types import Actor, SessionKey
+    from bot.domain.types import SessionKey
     from bot.usecases.service import EmberService
 
 PROPOSAL_TTL = 15 * 60.0
@@ -34,14 +37,19 @@ EXPIRED = "That proposal has expired or was already answered. Run /autosteer aga
 
 @dataclass(frozen=True)
 class Proposal:
-    session: SessionKey
+    session: str  # str(SessionKey)
     proposer: Actor
     edits: tuple[FeatureEdit, ...]
-    expires_at: float
+    expires_at: float = 0.0  # by the book's clock; kept by the database when shared
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)  # 24 URL-safe characters
 
 
 class ProposalBook:
-    """Pending proposals by token, oldest first; expired ones are forgotten as time passes."""
+    """Pending proposals by token, oldest first, in memory; expired ones are forgotten as time
+    passes."""
 
     def __init__(
         self,
@@ -54,20 +62,20 @@ class ProposalBook:
         self._clock = clock
         self._pending: OrderedDict[str, Proposal] = OrderedDict()
 
-    def add(self, session: SessionKey, proposer: Actor, edits: list[FeatureEdit]) -> str:
+    async def add(self, session: SessionKey, proposer: Actor, edits: list[FeatureEdit]) -> str:
         self._forget_expired()
         while len(self._pending) >= self._capacity:
             self._pending.popitem(last=False)
-        token = secrets.token_urlsafe(18)  # 24 URL-safe characters
+        token = new_token()
         expires_at = self._clock() + self._ttl
-        self._pending[token] = Proposal(session, proposer, tuple(edits), expires_at)
+        self._pending[token] = Proposal(str(session), proposer, tuple(edits), expires_at)
         return token
 
-    def get(self, token: str) -> Proposal | None:
+    async def get(self, token: str) -> Proposal | None:
         self._forget_expired()
         return self._pending.get(token)
 
-    def take(self, token: str) -> Proposal | None:
+    async def take(self, token: str) -> Proposal | None:
         """Remove and return the proposal: whoever takes it first is the one who answers."""
         self._forget_expired()
         return self._pending.pop(token, None)
@@ -78,12 +86,41 @@ class ProposalBook:
             self._pending.popitem(last=False)
 
 
+class SharedProposals:
+    """The same, kept in the database that several processes share."""
+
+    def __init__(self, shared: SharedState) -> None:
+        self._shared = shared
+
+    async def add(self, session: SessionKey, proposer: Actor, edits: list[FeatureEdit]) -> str:
+        token = new_token()
+        stored = StoredProposal(str(session), proposer.user_id, proposer.display_name, tuple(edits))
+        await self._shared.add_proposal(token, stored, PROPOSAL_TTL, MAX_PENDING)
+        return token
+
+    async def get(self, token: str) -> Proposal | None:
+        return _proposal(await self._shared.get_proposal(token))
+
+    async def take(self, token: str) -> Proposal | None:
+        """Remove and return the proposal: one caller in one process gets it."""
+        return _proposal(await self._shared.take_proposal(token))
+
+
+def _proposal(stored: StoredProposal | None) -> Proposal | None:
+    if stored is None:
+        return None
+    return Proposal(stored.session, Actor(stored.proposer_id, stored.proposer_name), stored.edits)
+
+
 # One book per service: the CommandContext is frozen and holds no command-layer state.
-_BOOKS: WeakKeyDictionary[EmberService, ProposalBook] = WeakKeyDictionary()
+_BOOKS: WeakKeyDictionary[EmberService, ProposalBook | SharedProposals] = WeakKeyDictionary()
 
 
-def proposals(service: EmberService) -> ProposalBook:
-    return _BOOKS.setdefault(service, ProposalBook())
+def proposals(service: EmberService) -> ProposalBook | SharedProposals:
+    if service not in _BOOKS:
+        shared = service.shared_state
+        _BOOKS[service] = ProposalBook() if shared is None else SharedProposals(shared)
+    return _BOOKS[service]
 
 
 async def answer(ctx: CommandContext, token: str, accept: bool, invocation: Invocation) -> Reply:
@@ -93,10 +130,10 @@ async def answer(ctx: CommandContext, token: str, accept: bool, invocation: Invo
     or over the rate limit to apply) come back as error replies and leave the proposal pending
     where it still can be answered.
     """
-    proposal = proposals(ctx.service).get(token)
+    proposal = await proposals(ctx.service).get(token)
     if proposal is None:
         return error_reply(EXPIRED)
-    if proposal.session != invocation.session:
+    if proposal.session != str(invocation.session):
         return error_reply("That proposal was made in another channel.")
     if invocation.actor.user_id != proposal.proposer.user_id and not invocation.can_steer:
         return error_reply(
@@ -104,12 +141,12 @@ async def answer(ctx: CommandContext, token: str, accept: bool, invocation: Invo
         )
     if accept:
         return await run_command(ctx, APPLY, replace(invocation, args={"token": token}))
-    proposals(ctx.service).take(token)
+    await proposals(ctx.service).take(token)
     return Reply(f"{invocation.actor.display_name} cancelled the proposal; nothing changed.")
 
 
 async def _apply(ctx: CommandContext, inv: Invocation) -> Reply:
-    proposal = proposals(ctx.service).take(inv.args["token"])
+    proposal = await proposals(ctx.service).take(inv.args["token"])
     if proposal is None:  # answered while this answer waited
         raise UserInputError(EXPIRED)
     variant = await ctx.service.steering.apply(

@@ -49,6 +49,8 @@ def describe_change(entry: AuditEntry) -> str:
         "variant.import": f'imported variant "{detail.get("variant")}" '
         f"({detail.get('edits', 0)} edits)",
         "history.clear": f"cleared {detail.get('messages', 0)} messages of history",
+        "feedback": f"rated a reply {'👍' if detail.get('rating') == 'good' else '👎'} "
+        f"({detail.get('steering') or 'unsteered'}){variant}",
     }
     return simple.get(action, action)
 

@@ -35,7 +35,7 @@ async def run_command(ctx: CommandContext, command: Command, invocation: Invocat
     with log_context(session=str(invocation.session)):
         try:
             if changes_state:
-                service.admission.admit_steering(invocation.session, invocation.actor)
+                await service.admission.admit_steering(invocation.session, invocation.actor)
             exclusive = (
                 service.admission.changing_state(invocation.session)
                 if changes_state

@@ -10,7 +10,8 @@ from bot.commands.registry import Arg, Command, CommandContext, Invocation, Perm
 from bot.commands.replies import Reply
 from bot.domain.errors import UserInputError
 from bot.domain.types import FeatureEdit, FeatureRef
-from bot.domain.validation import INDEX_QUERY, RESET_SCOPES, validate_steering_value
+from bot.domain.validation import RESET_SCOPES, validate_steering_value
+from bot.usecases.steering import CHOICES
 
 
 def parse_steer_text(command: Command, text: str) -> dict[str, Any]:
@@ -42,9 +43,9 @@ async def steer(ctx: CommandContext, inv: Invocation) -> Reply:
         applied = await ctx.service.steering.steer(inv.session, parse_batch(query), inv.actor)
     elif value is None:
         heading = f'Give a strength between -1 and 1. Top matches for "{query}":'
-        return _picker(heading, await _search(ctx, query, 5), 0.5)
+        return _picker(heading, await _search(ctx, query, CHOICES), 0.5)
     else:
-        candidates = await _named_or_candidates(ctx, query)
+        candidates = await ctx.service.steering.candidates(query)
         if len(candidates) > 1:
             heading = f'Which feature do you mean by "{query}"? Top matches:'
             return _picker(heading, candidates, value)
@@ -59,18 +60,6 @@ def _describe_edit(edit: FeatureEdit) -> str:
     if edit.value == 0:
         return f"cleared {feature_name(edit.feature)}"
     return f"{feature_name(edit.feature)} {edit.value:+.2f}"
-
-
-async def _named_or_candidates(ctx: CommandContext, query: str) -> list[FeatureRef]:
-    """[the feature] when `query` names one (#index, or every word is in the best match's
-    label); otherwise the best matches to choose from, so a vague query never steers blindly."""
-    if INDEX_QUERY.match(query.strip()):
-        return [await ctx.service.steering.resolve(query)]
-    found = await _search(ctx, query, 5)
-    best = found[0].label.lower()
-    if len(found) == 1 or all(word in best for word in query.lower().split()):
-        return found[:1]
-    return found
 
 
 async def _search(ctx: CommandContext, query: str, top_k: int) -> list[FeatureRef]:
@@ -99,8 +88,15 @@ async def features_search(ctx: CommandContext, inv: Invocation) -> Reply:
     found = await ctx.service.steering.search(query, inv.args["top"])
     if not found:
         return Reply(f'No features match "{query}".', ephemeral=True)
-    lines = [f"  #{f.index_in_sae}  {f.label}" for f in found]
+    lines = [f"  #{f.index_in_sae}  {f.label}{_score_note(f)}" for f in found]
     return Reply("\n".join([f'Features matching "{query}":', *lines]), feature_choices=found)
+
+
+def _score_note(feature: FeatureRef) -> str:
+    """A generated label's detection score: how well the label told its feature's contexts apart."""
+    if feature.label_score is None:
+        return ""
+    return f"  (label score {feature.label_score:.2f})"
 
 
 async def reset(ctx: CommandContext, inv: Invocation) -> Reply:

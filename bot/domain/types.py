@@ -35,6 +35,8 @@ class FeatureRef:
     index_in_sae: int
     label: str
     uuid: str = ""
+    # A generated label's detection score (`ember-bot label`), where the server reports one.
+    label_score: float | None = field(default=None, compare=False)
 
 
 def named_feature(features: list[FeatureRef], query: str) -> FeatureRef | None:

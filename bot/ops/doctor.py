@@ -13,14 +13,14 @@ from pydantic import SecretStr
 from bot.backend.gateway import EmberGateway
 from bot.domain.errors import EmberBotError
 from bot.settings import Settings
-from storage.health import database_problem
+from storage.database import database_label, open_database
 from storage.opening import DatabaseProblem
-from storage.store import Store
 
 DISCORD_TOKEN = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
 SLACK_SIGNING_SECRET = re.compile(r"^[0-9a-f]{32}$")
 BACKEND_TIMEOUT = 5.0
-SERVED_FACTS = ("sae", "layer", "labels", "search")  # what ember-bot's server adds to /health
+# What ember-bot's server adds to /health.
+SERVED_FACTS = ("sae", "layer", "labels", "search", "engine")
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,24 @@ def token_findings(tokens: PlatformTokens) -> list[Finding]:
 
 
 async def database_finding(settings: Settings) -> Finding:
+    label = database_label(settings.database_url)
     try:
-        store = await Store.open(
-            settings.database_path, busy_timeout=settings.database_busy_timeout_seconds
+        database = await open_database(
+            settings.database_url,
+            busy_timeout=settings.database_busy_timeout_seconds,
+            pool_size=1,
         )
     except DatabaseProblem as unusable:
         return Finding("database", unusable.problem)
     except Exception as error:  # any other failure to open is the finding itself
-        return Finding("database", f"cannot open {settings.database_path}: {error}")
+        return Finding("database", f"cannot open {label}: {error}")
     try:
-        if not await store.integrity_ok():
+        if not await database.store.integrity_ok():
             return Finding("database", "integrity check failed; restore from a backup.")
+        problem = await database.problem(BACKEND_TIMEOUT)
     finally:
-        await store.close()
-    problem = await asyncio.to_thread(database_problem, settings.database_path, BACKEND_TIMEOUT)
-    return Finding("database", problem, str(settings.database_path))
+        await database.close()
+    return Finding("database", problem, label)
 
 
 async def backend_findings(settings: Settings) -> list[Finding]:
@@ -150,7 +153,7 @@ def served_detail(facts: dict[str, Any]) -> str:
 
     return (
         f"model {fact('model')}, SAE {fact('sae')}, layer {fact('layer')}, "
-        f"{fact('labels')} labels, {fact('search')} search"
+        f"{fact('labels')} labels, {fact('search')} search, {fact('engine')} engine"
     )
 
 

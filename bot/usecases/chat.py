@@ -72,17 +72,17 @@ class Chat:
         with log_context(session=str(session)):
             try:
                 text = self._validate_message(text)
-                self._admission.admit_chat(session, author)
+                await self._admission.admit_chat(session, author)
                 async with self._lifecycle.track(), self._admission.one_turn_at_a_time(session):
                     return await self._run_turn(session, author, text, on_delta, on_queued)
             except UserInputError as error:
                 self._metrics.turn_refused(error)
                 raise
 
-    def admit_prompt(self, session: SessionKey, actor: Actor, text: str) -> str:
+    async def admit_prompt(self, session: SessionKey, actor: Actor, text: str) -> str:
         """Check a one-off prompt (e.g. /compare) and count it against the chat rate limits."""
         text = self._validate_message(text)
-        self._admission.admit_chat(session, actor)
+        await self._admission.admit_chat(session, actor)
         return text
 
     async def complete(

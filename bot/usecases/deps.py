@@ -9,7 +9,7 @@ from bot.ops.lifecycle import Lifecycle
 from bot.ops.metrics import Metrics
 from bot.settings import Settings
 from bot.usecases.admission import Admission
-from storage.store import Store
+from storage.interface import StateStore
 
 if TYPE_CHECKING:
     from bot.backend.gateway import EmberGateway
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Deps:
-    store: Store
+    store: StateStore
     gateway: EmberGateway
     settings: Settings
     admission: Admission  # its `slots` are the one queue for backend calls

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from bot.domain.errors import BackendBusyError, SlowDownError
+from storage.interface import Bucket, SharedState
 
 Clock = Callable[[], float]
 QueueCallback = Callable[[int], Awaitable[None]]
@@ -112,6 +113,31 @@ class RateLimiter:
                 raise SlowDownError(wait, action=self.action, scope=scope)
         self._users.take(user)
         self._channels.take(channel)
+
+
+class SharedRateLimiter:
+    """RateLimiter's buckets kept in the database, so every process draws from the same ones
+    (N processes never grant N times the limit); timed by the database server's clock."""
+
+    def __init__(self, action: str, per_user: Rate, per_channel: Rate, shared: SharedState):
+        self.action = action
+        self._rates = (("user", per_user), ("channel", per_channel))
+        self._shared = shared
+
+    async def admit(self, user: str, channel: str) -> None:
+        """Take one action for `user` in `channel`, or raise SlowDownError and take nothing."""
+        scopes, buckets = [], []
+        for (scope, rate), key in zip(self._rates, (user, channel), strict=True):
+            if not rate.unlimited:
+                scopes.append(scope)
+                buckets.append(
+                    Bucket(f"{self.action}:{scope}:{key}", rate.burst, rate.per_minute / 60)
+                )
+        if not buckets:
+            return
+        refused, wait = await self._shared.take_tokens(buckets)  # users first, always
+        if refused >= 0:
+            raise SlowDownError(wait, action=self.action, scope=scopes[refused])
 
 
 class BackendSlots:

@@ -5,7 +5,9 @@
     service.guards     stop replies when a feature fires too strongly (bot.usecases.guards)
     service.chat       chat turns and one-off prompts (bot.usecases.chat)
     service.inspection which features fired (bot.usecases.inspection)
+    service.feedback   👍/👎 on replies, in the audit log (bot.usecases.feedback)
     service.admission  rate limits, backend slots, per-channel locks (bot.usecases.admission)
+    service.turns      turns in flight, noted if their process dies (bot.usecases.turn_ledger)
 
 Adapters run a chat turn through `bot.usecases.chat_turn.run_chat_turn` and commands through
 `bot.commands.runner.run_command`; those are the two places that admit work.
@@ -23,12 +25,13 @@ from bot.settings import Settings
 from bot.usecases.admission import Admission
 from bot.usecases.chat import Chat
 from bot.usecases.deps import Deps
+from bot.usecases.feedback import Feedback
 from bot.usecases.guards import Guards
 from bot.usecases.inspection import Inspection
 from bot.usecases.steering import Steering
+from bot.usecases.turn_ledger import TurnLedger
 from bot.usecases.variants import Variants
-from storage.health import database_problem
-from storage.store import Store
+from storage.database import Database
 
 if TYPE_CHECKING:
     from bot.backend.gateway import EmberGateway
@@ -37,29 +40,33 @@ if TYPE_CHECKING:
 class EmberService:
     def __init__(
         self,
-        store: Store,
+        database: Database,
         gateway: EmberGateway,
         settings: Settings,
         *,
         metrics: Metrics | None = None,
     ) -> None:
-        self._store = store
+        self._database = database
+        self._store = database.store
+        self.shared_state = database.shared  # None: one process, state kept in memory
         self._gateway = gateway
         self._settings = settings
         self.lifecycle = Lifecycle()
         self.metrics = metrics or Metrics()
-        self.admission = Admission(settings, self.metrics)
-        deps = Deps(store, gateway, settings, self.admission, self.lifecycle, self.metrics)
+        self.admission = Admission(settings, self.metrics, database.shared)
+        self.turns = TurnLedger(database.shared)
+        deps = Deps(database.store, gateway, settings, self.admission, self.lifecycle, self.metrics)
         self.variants = Variants(deps)
         self.steering = Steering(deps, self.variants)
         self.guards = Guards(deps, self.variants, self.steering)
         self.chat = Chat(deps, self.variants)
         self.inspection = Inspection(deps, self.variants, self.steering)
+        self.feedback = Feedback(deps)
 
     async def check_health(self, seconds: float) -> dict[str, str]:
         """ "ok" or the problem, for the database (writable?) and the backend (answering?)."""
         database, backend = await asyncio.gather(
-            asyncio.to_thread(database_problem, self._settings.database_path, seconds),
+            self._database.problem(seconds),
             self._gateway.ping(seconds),
         )
         return {"database": database or "ok", "backend": backend or "ok"}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from bot.domain.errors import UserInputError
 from bot.domain.types import Actor, FeatureEdit, FeatureRef, SessionKey, VariantState
@@ -18,8 +18,21 @@ from bot.usecases.deps import Deps
 from bot.usecases.variants import Variants
 from storage.store import DEFAULT_VARIANT, AuditEntry
 
-if TYPE_CHECKING:
-    pass
+CHOICES = 5  # matches offered for a query that names no feature
+# A query word is in a label when a label word starts with all but its last two letters (at
+# least three): 'pirates' is in "pirate speech", 'happy' in "happiness and joy".
+WORD = re.compile(r"[a-z0-9]+")
+STEM_MIN, STEM_CUT = 3, 2
+
+
+def label_has_words(label: str, query: str) -> bool:
+    """Whether every word of `query` appears in `label` (word forms included)."""
+    label_words = WORD.findall(label.lower())
+    for word in WORD.findall(query.lower()):
+        stem = word[: max(STEM_MIN, len(word) - STEM_CUT)]
+        if not any(candidate.startswith(stem) for candidate in label_words):
+            return False
+    return True
 
 
 class Steering:
@@ -36,16 +49,32 @@ class Steering:
         async with self._slots.slot():
             return await self._gateway.search_features(query, top_k)
 
-    async def resolve(self, query: str) -> FeatureRef:
-        """`#123` or `123` names a feature by index; anything else is the best search match."""
+    async def candidates(self, query: str) -> list[FeatureRef]:
+        """[the feature] when `query` names one: `#123`/`123` by index, or search's best match
+        when its label has every word of the query; otherwise search's best matches, in its
+        order, to choose from (the server ranks by meaning, so the best match of a vague query
+        is a guess: a user picks, nothing is steered blindly)."""
         query = validate_query(query, self._settings.max_query_chars)
         async with self._slots.slot():
             if match := INDEX_QUERY.match(query):
                 found = await self._gateway.lookup_features([int(match.group(1))])
             else:
-                found = await self._gateway.search_features(query, 1)
+                found = await self._gateway.search_features(query, CHOICES)
         if not found:
             raise UserInputError(f'No feature matches "{query}". Try /features search <words>.')
+        if len(found) == 1 or label_has_words(found[0].label, query):
+            return found[:1]
+        return found
+
+    async def resolve(self, query: str) -> FeatureRef:
+        """The feature `query` names (see `candidates`); several possible ones are an error that
+        lists them."""
+        found = await self.candidates(query)
+        if len(found) > 1:
+            choices = ", ".join(f"#{f.index_in_sae} {f.label}" for f in found[:3])
+            raise UserInputError(
+                f'"{query}" could be several features: {choices}. Name one by its #index.'
+            )
         return found[0]
 
     async def steer(

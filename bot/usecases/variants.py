@@ -30,8 +30,7 @@ class Variants:
         self._slots = deps.admission.slots
 
     async def active(self, session: SessionKey) -> VariantState:
-        name = await self._store.ensure_session(session, self._settings.ember_model or "")
-        variant = await self._store.get_variant(session, name)
+        variant = await self._store.active_variant(session, self._settings.ember_model or "")
         if variant is None:  # the active variant was removed underneath us
             return await self.require(session, DEFAULT_VARIANT)
         return variant

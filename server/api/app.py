@@ -1,4 +1,4 @@
-"""The HTTP face of the server: the Ember wire API (see docs/ember-api.md §2) over one Runtime."""
+"""The HTTP face of the server: the Ember wire API (see docs/ember-api.md §2) over one engine."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +10,7 @@ from server.api.auth import BearerAuth
 from server.api.errors import add_error_handlers
 from server.api.model_check import check_requested_model
 from server.api.served import ServedModel
+from server.engine.interface import Engine
 from server.engine.runtime import Runtime
 from server.model.presets import ModelBundle
 
@@ -17,12 +18,16 @@ API_PREFIX = "/api/inference/v1"
 ROUTERS = (models.router, chat.router, attribution.router, features.router, autosteer.router)
 
 
-def create_app(bundle: ModelBundle, *, api_key: str | None = None) -> FastAPI:
-    """The Ember-compatible API over `bundle` (model, tokenizer, SAE, layer, labels, ids)."""
-    runtime = Runtime(bundle)
+def create_app(
+    bundle: ModelBundle, *, api_key: str | None = None, engine: Engine | None = None
+) -> FastAPI:
+    """The Ember-compatible API over `bundle` (model, tokenizer, SAE, layer, labels, ids), run
+    by `engine` (default: the transformers Runtime over the bundle's model)."""
+    runtime = engine if engine is not None else Runtime(bundle)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
         yield
         runtime.close()
 
@@ -41,7 +46,8 @@ def create_app(bundle: ModelBundle, *, api_key: str | None = None) -> FastAPI:
             "sae": bundle.sae_id,
             "layer": bundle.layer,
             "labels": len(bundle.labels),
-            "search": "semantic" if bundle.labels.semantic else "lexical",
+            "search": app.state.served.search.mode,
+            "engine": runtime.name,
         }
 
     if api_key:

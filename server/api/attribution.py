@@ -1,16 +1,17 @@
 """Routes that read the model: next-token logits, feature activations per token, contrasts,
 decoder neighbours and logit attribution."""
 
-import functools
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 
 from server.api import schemas
+from server.api.feature_report import features_report
 from server.api.served import Served
 
 ATTRIBUTED_FEATURES = 16
+JSON = "application/json"
 
 router = APIRouter()
 
@@ -24,25 +25,14 @@ async def compute_logits(body: schemas.LogitsRequest, served: Served) -> dict[st
 
 
 @router.post("/chat-attribution/compute-features")
-async def compute_features(body: schemas.FeaturesRequest, served: Served) -> dict[str, Any]:
+async def compute_features(body: schemas.FeaturesRequest, served: Served) -> Response:
     plan = served.plan(body.controller)
     include = body.include_feature_indexes
     if include is not None:
         served.catalog.check(include)
     prompt = served.prompt(body.messages, "read")
     rows = await served.runtime.inspect(prompt, plan, body.aggregate_by, include)
-    describe = functools.cache(served.catalog.describe)  # the same few features on every token
-    tokens = [
-        {
-            "token": row.token,
-            "attributions": [
-                {**describe(index), "activation_strength": value}
-                for index, value in row.activations
-            ],
-        }
-        for row in rows
-    ]
-    return {"tokens": tokens}
+    return Response(features_report(rows, served.catalog.describe), media_type=JSON)
 
 
 @router.post("/chat-attribution/contrast")

@@ -20,7 +20,14 @@ class Catalog:
         }
 
     def scored(self, hits: Sequence[tuple[int, float]]) -> dict[str, Any]:
-        return {"features": [{**self.describe(i), "relevance": score} for i, score in hits]}
+        return {"features": [self._hit(i, score) for i, score in hits]}
+
+    def _hit(self, index: int, relevance: float) -> dict[str, Any]:
+        """A search hit; `label_score` is a generated label's detection score (ember-bot label)."""
+        hit = {**self.describe(index), "relevance": relevance}
+        if (label_score := self.labels.scores.get(index)) is not None:
+            hit["label_score"] = label_score
+        return hit
 
     def check(self, indices: Sequence[int]) -> list[int]:
         unknown = [index for index in indices if index >= len(self.ids)]

@@ -11,6 +11,10 @@ from server.engine.generation import Finish, TextChunk
 
 log = logging.getLogger("ember_bot.server")
 
+# Stand-ins that occur nowhere else in a chunk, to find where its text and index go.
+_TEXT_MARK = "\x00text\x00"
+_INDEX_MARK = 987_654_321_012_345
+
 
 class ChatReply:
     """Chat completion bodies: one JSON object, or server-sent events with one chunk each."""
@@ -48,12 +52,20 @@ class ChatReply:
     async def stream(
         self, events: AsyncGenerator[TextChunk | Finish, None]
     ) -> AsyncIterator[bytes]:
-        """One `data:` event per write (the SDK's parser needs whole events), then [DONE]."""
+        """One `data:` event per write (the SDK's parser needs whole events), then [DONE].
+
+        A text event is the pre-encoded template around the JSON of its text and index: a few
+        microseconds of the GIL per token instead of a dict and a json.dumps of the whole chunk.
+        """
+        before_text, before_index, after_index = self._text_event_template()
         index = 0
         try:
             async for event in events:
                 if isinstance(event, TextChunk):
-                    yield self._event(self._chunk(index, event.text, None, None))
+                    text = json.dumps(event.text).replace("data: ", "data:\\u0020")
+                    yield b"".join(
+                        (before_text, text.encode(), before_index, b"%d" % index, after_index)
+                    )
                 else:
                     yield self._event(self._chunk(index, "", event.reason, list(event.events)))
                 index += 1
@@ -64,6 +76,13 @@ class ChatReply:
         finally:
             await events.aclose()
         yield b"data: [DONE]\n\n"
+
+    def _text_event_template(self) -> tuple[bytes, bytes, bytes]:
+        """`_event(_chunk(index, text, None, None))` cut around its text and its index."""
+        marked = self._event(self._chunk(_INDEX_MARK, _TEXT_MARK, None, None))
+        before_text, rest = marked.split(json.dumps(_TEXT_MARK).encode())
+        before_index, after_index = rest.split(b"%d" % _INDEX_MARK)
+        return before_text, before_index, after_index
 
     def _chunk(
         self, index: int, text: str, reason: str | None, events: list[str] | None

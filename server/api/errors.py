@@ -1,4 +1,5 @@
-"""How the engine's refusals reach the client: 404 for unknown features, 422 for the rest."""
+"""How the engine's refusals reach the client: 404 for unknown features, 400 for what the serving
+engine cannot do, 422 for the rest."""
 
 from typing import Any
 
@@ -6,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from server.engine.controller import ControllerError
+from server.engine.interface import UnsupportedByEngine
 from server.engine.prompts import PromptError
 from server.model.ids import UnknownFeatureError
 
@@ -14,6 +16,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownFeatureError)
     async def unknown_feature(_request: Request, error: UnknownFeatureError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.exception_handler(UnsupportedByEngine)
+    async def unsupported(_request: Request, error: UnsupportedByEngine) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=400)
 
     for error_type, field in ((PromptError, "messages"), (ControllerError, "controller")):
         app.add_exception_handler(error_type, _unprocessable(field))

@@ -29,16 +29,17 @@ async def search(
     page: Annotated[int, Query(ge=1, le=1000)] = 1,
     per_page: Annotated[int, Query(alias="perPage", ge=1, le=100)] = 10,
 ) -> dict[str, Any]:
-    catalog = served.catalog
-    hits = catalog.labels.search(query, top_k=page * per_page) if query.strip() else []
-    return catalog.scored(hits[(page - 1) * per_page :])
+    """Every feature ranked by relevance to `query` (see server/model/search/blend.py): a page
+    is always full while the SAE has features left."""
+    hits = await served.search.search(query, top_k=page * per_page)
+    return served.catalog.scored(hits[(page - 1) * per_page :])
 
 
 @router.post("/features/rerank")
 async def rerank(body: schemas.RerankRequest, served: Served) -> dict[str, Any]:
     catalog = served.catalog
     indices = catalog.resolve(body.feature_ids)
-    return catalog.scored(catalog.labels.rerank(body.query, indices, top_k=body.top_k))
+    return catalog.scored(await served.search.rerank(body.query, indices, top_k=body.top_k))
 
 
 @router.post("/features/lookup")

@@ -14,7 +14,8 @@ from server.engine.controller import WireController
 
 MAX_MESSAGES = 128
 MAX_COMPLETION_TOKENS = 8192
-MAX_INDICES = 2048
+MAX_INDICES = 2048  # neighbors' and lookup's feature indices
+MAX_RANKED = 8192  # rerank's feature ids, and the top_k of rerank, neighbors and contrast
 
 
 class Message(BaseModel):
@@ -61,13 +62,13 @@ class FeaturesRequest(ModelRequest):
 
 class RerankRequest(ModelRequest):
     query: str = Field(max_length=1000)
-    top_k: int = Field(default=10, ge=1, le=MAX_INDICES)
-    feature_ids: Annotated[list[str], Field(max_length=MAX_INDICES)]
+    top_k: int = Field(default=10, ge=1, le=MAX_RANKED)
+    feature_ids: Annotated[list[str], Field(max_length=MAX_RANKED)]
 
 
 class NeighborsRequest(ModelRequest):
     feature_indices: Annotated[FeatureIndices, Field(min_length=1)]
-    top_k: int = Field(default=10, ge=1, le=100)
+    top_k: int = Field(default=10, ge=1, le=MAX_RANKED)
 
 
 Dataset = Annotated[list[Messages], Field(min_length=1, max_length=64)]
@@ -76,8 +77,8 @@ Dataset = Annotated[list[Messages], Field(min_length=1, max_length=64)]
 class ContrastRequest(ModelRequest):
     dataset_1: Dataset
     dataset_2: Dataset
-    k_to_add: int = Field(default=5, ge=1, le=100)
-    k_to_remove: int = Field(default=5, ge=1, le=100)
+    k_to_add: int = Field(default=5, ge=1, le=MAX_RANKED)
+    k_to_remove: int = Field(default=5, ge=1, le=MAX_RANKED)
 
 
 class LookupRequest(ModelRequest):

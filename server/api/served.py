@@ -1,4 +1,4 @@
-"""What every route works with, kept on `app.state.served`: the runtime and the feature catalog
+"""What every route works with, kept on `app.state.served`: the engine and the feature catalog
 of the served model, and the helpers that turn request fields into runtime inputs."""
 
 import hashlib
@@ -10,24 +10,28 @@ from fastapi import Depends, Request
 
 from server.api import schemas
 from server.api.catalog import Catalog
+from server.api.feature_search import build_search
 from server.engine.controller import SteeringPlan, WireController, compile_plan
+from server.engine.interface import Engine
 from server.engine.prompts import Purpose
-from server.engine.runtime import Runtime
 from server.model.presets import ModelBundle
+from server.model.search.blend import FeatureSearch
 
 
 @dataclass(frozen=True)
 class ServedModel:
     bundle: ModelBundle
-    runtime: Runtime
+    runtime: Engine
     catalog: Catalog
     fingerprint: str  # the `system_fingerprint` of chat completions
+    search: FeatureSearch  # features by meaning: labels, embeddings, activations
 
     @classmethod
-    def build(cls, bundle: ModelBundle, runtime: Runtime) -> Self:
+    def build(cls, bundle: ModelBundle, runtime: Engine) -> Self:
         served = f"{bundle.model_id}|{bundle.sae_id}"
         fingerprint = "fp_" + hashlib.sha256(served.encode()).hexdigest()[:12]
-        return cls(bundle, runtime, Catalog(bundle, runtime.d_sae), fingerprint)
+        catalog = Catalog(bundle, runtime.d_sae)
+        return cls(bundle, runtime, catalog, fingerprint, build_search(bundle.labels, runtime))
 
     @property
     def model_id(self) -> str:

@@ -32,5 +32,11 @@ def measure_residual_norm(
         )
         hooked.run_to_layer(ids, steering)
         assert steering.residual is not None
-        norms.append(steering.residual[0, 1:].float().norm(dim=-1))
-    return float(torch.cat(norms).median())
+        norms.append(steering.residual[0])
+    return median_residual_norm(norms)
+
+
+def median_residual_norm(residuals: list[torch.Tensor]) -> float:
+    """The median L2 norm of the positions of `residuals` (each [tokens, d_in]), first
+    positions excluded: an attention sink with an outsized norm."""
+    return float(torch.cat([r[1:].float().norm(dim=-1) for r in residuals]).median())

@@ -91,7 +91,9 @@ class BatchedGeneration:
         )
         detokenizer = IncrementalDetokenizer(self._tokenizer)
         stops = StopMatcher(sampling.stop)
-        stop_ids = self._stop_token_ids(sampling.stop)
+        stop_ids = stop_token_ids(
+            self._tokenizer, self._hooked.model.generation_config, sampling.stop
+        )
         budget = min(sampling.max_tokens, self._context_length - len(prompt))
         work: _Prefill | _Decode = _Prefill(steering, prompt)
         ready: tuple[TextChunk, ...] = ()
@@ -159,10 +161,13 @@ class BatchedGeneration:
         self._batch.join(passes, cache, mask)
         return list(logits)
 
-    def _stop_token_ids(self, stop: Sequence[str]) -> set[int]:
-        ids = {self._tokenizer.eos_token_id}
-        configured = getattr(self._hooked.model.generation_config, "eos_token_id", None)
-        ids.update(configured if isinstance(configured, list) else [configured])
-        vocabulary = self._tokenizer.get_vocab()
-        ids.update(vocabulary[text] for text in stop if text in vocabulary)
-        return {token_id for token_id in ids if token_id is not None}
+
+def stop_token_ids(tokenizer: Any, generation_config: Any, stop: Sequence[str]) -> set[int]:
+    """Tokens that end a reply: end-of-sequence (the tokenizer's and the model's generation
+    config's), and stop strings that are single tokens."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    vocabulary = tokenizer.get_vocab()
+    ids.update(vocabulary[text] for text in stop if text in vocabulary)
+    return {token_id for token_id in ids if token_id is not None}

@@ -7,8 +7,8 @@ are streamed from it (generation.py), and the readouts (readouts.py) are awaited
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 
@@ -17,6 +17,7 @@ from server.engine.controller import SteeringPlan
 from server.engine.generation import BatchedGeneration, Finish, SamplingParams, TextChunk
 from server.engine.hooked_model import HookedModel
 from server.engine.prompts import ChatPrompts, Purpose
+from server.engine.readout_calls import readout
 from server.engine.readouts import Readouts
 from server.engine.steering import SteeringPass
 from server.engine.worker import InferenceWorker
@@ -27,26 +28,14 @@ from server.model.presets import ModelBundle
 # 2 cores: 1.4 vs 2.3 ms per decode step alone, 2.1 vs 7.8 ms for a batch of 8).
 SINGLE_THREAD_BELOW_HIDDEN = 2048
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _on_worker(
-    read: Callable[Concatenate[Readouts, P], T],
-) -> Callable[Concatenate[Runtime, P], Coroutine[Any, Any, T]]:
-    """A Runtime coroutine that runs the Readouts method `read` on the inference worker."""
-
-    @functools.wraps(read)
-    async def run(runtime: Runtime, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await runtime._worker.call(
-            functools.partial(read, runtime._readouts, *args, **kwargs)
-        )
-
-    return run
-
-
 class Runtime:
-    """Every model-backed operation of the API, run on one worker thread."""
+    """Every model-backed operation of the API, run on one worker thread (the transformers
+    engine; see interface.py)."""
+
+    name = "transformers"
 
     def __init__(self, bundle: ModelBundle, *, strength: float = STEERING_STRENGTH) -> None:
         self.bundle = bundle
@@ -79,6 +68,9 @@ class Runtime:
     def d_sae(self) -> int:
         return int(self.bundle.sae.W_dec.shape[0])
 
+    async def start(self) -> None:
+        """Nothing to start: the model was loaded and calibrated in __init__."""
+
     def close(self) -> None:
         self._worker.close()
         self._hooked.close()
@@ -101,11 +93,14 @@ class Runtime:
         return self._worker.stream(self._generation.steps(prompt, sampling, plan))
 
     # The readouts, as coroutines that run them on the worker (see readouts.py).
-    inspect = _on_worker(Readouts.inspect)
-    logits = _on_worker(Readouts.logits)
-    contrast = _on_worker(Readouts.contrast)
-    neighbors = _on_worker(Readouts.neighbors)
-    attribute = _on_worker(Readouts.attribute)
+    inspect = readout(Readouts.inspect)
+    logits = readout(Readouts.logits)
+    contrast = readout(Readouts.contrast)
+    neighbors = readout(Readouts.neighbors)
+    attribute = readout(Readouts.attribute)
+
+    async def run_readout(self, call: Callable[[Readouts], T]) -> T:
+        return await self._worker.call(functools.partial(call, self._readouts))
 
     def _new_pass(self, plan: SteeringPlan, **options: Any) -> SteeringPass:
         return SteeringPass(self.bundle.sae, self.scale, plan, **options)

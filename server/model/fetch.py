@@ -1,14 +1,14 @@
 """Everything a served model needs from the network, fetched ahead of time (`ember-bot fetch`)
 or on first use (`ember-bot serve`): the model and SAE into the Hugging Face cache, the labels
-into the labels cache (server/model/neuronpedia.py), and the search embedding model when
-sentence-transformers is installed. Afterwards `HF_HUB_OFFLINE=1` serving needs no network.
+into the labels cache (server/model/neuronpedia.py), and feature search's sentence-embedding
+model (server/model/search/embeddings.py). Afterwards `HF_HUB_OFFLINE=1` serving needs no
+network.
 
 This module imports neither torch nor transformers, so fetching starts at once.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +19,7 @@ from server.model.labels import DEFAULT_EMBEDDING_MODEL
 from server.model.saelens_releases import looks_like_release, resolve
 
 TINY = "tiny"
-# A sentence-transformers model's own files (modules, pooling) besides config and weights.
+# The embedding model's config, weights, tokenizer and pooling config (not onnx/openvino copies).
 EMBEDDING_FILES = ("*.json", "model.safetensors", "vocab.txt", "tokenizer*", "1_Pooling/*")
 EMBEDDING_IGNORE = ("onnx/*", "openvino/*")
 
@@ -134,9 +134,6 @@ def _fetch_embedding(
     name: str | None, sources: Sources, report: Callable[[str], None]
 ) -> Path | None:
     if name is None:
-        return None
-    if importlib.util.find_spec("sentence_transformers") is None:
-        report(f"search  {name}: skipped (sentence-transformers is not installed; lexical search)")
         return None
     try:
         path = hub.download_repo(

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import transformers
 
-from server.model.labels import DEFAULT_EMBEDDING_MODEL, LabelIndex
+from server.labelling.sources import with_label_file
+from server.model.labels import LabelIndex
 from server.model.memory import estimate_memory, free_memory, text_config
 from server.model.sae import SparseAutoencoder, load_sae
 
@@ -59,12 +60,14 @@ def load_bundle(
     device_map: str = "none",
     quantize: str = "none",
     check_memory: bool = True,
+    embedding: Path | None = None,
 ) -> ModelBundle:
     """A Hugging Face causal LM (hub id or local path) with `sae` hooked after decoder `layer`
     (None: the layer the SAE's own metadata names). `device`/`dtype` may be "auto";
     `device_map="auto"` spreads the model over every visible GPU; `quantize` is "8bit" or
     "4bit" (bitsandbytes). Refuses with NotEnoughMemory when the estimate exceeds the free
-    memory, unless `check_memory` is False."""
+    memory, unless `check_memory` is False. `embedding`: the folder of the sentence-embedding
+    model that feature search embeds the labels with (None: no semantic search)."""
     device = placement_device(device, device_map)
     torch_dtype = resolve_dtype(dtype, device)
     check_requirements(device, device_map, quantize)
@@ -103,9 +106,22 @@ def load_bundle(
         tokenizer,
         autoencoder,
         hooked,
-        LabelIndex.load(labels, autoencoder.d_sae, embedding_model=DEFAULT_EMBEDDING_MODEL),
+        served_labels(labels, autoencoder.d_sae, embedding=embedding, device=device),
         model_id=model,
         sae_id=_sae_name(sae),
+    )
+
+
+def served_labels(
+    labels: str | None, d_sae: int, *, embedding: Path | None, device: str
+) -> LabelIndex:
+    """The label index of an SAE of `d_sae` features (see load_bundle), with the generated
+    labels' detection scores; its search embedder on the served model's GPU, else the CPU."""
+    return with_label_file(
+        LabelIndex.load(
+            labels, d_sae, embedding=embedding, device=_embedder_device(device), say=say
+        ),
+        labels,
     )
 
 
@@ -224,6 +240,11 @@ def check_fit(config: Any, sae: SparseAutoencoder, layer: int, name: str) -> Non
             f"The SAE reads vectors of size {sae.d_in}, but {name}'s residual stream has size "
             f"{width}: they do not belong together."
         )
+
+
+def _embedder_device(device: str) -> str:
+    """The search embedder's device: the served model's GPU, else the CPU."""
+    return device if torch.device(device).type == "cuda" else "cpu"
 
 
 def _has_accelerate() -> bool:

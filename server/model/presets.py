@@ -7,9 +7,11 @@ on the user's machine.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from server.labelling.sources import with_label_file
 from server.model.catalog import CATALOG
 from server.model.loading import (
     AUTO,
@@ -92,11 +94,13 @@ def load_preset(
 ) -> ModelBundle:
     """The preset `name`; `labels`: a label file or folder (fetched ones come from
     server.model.fetch). `loading`: load_bundle's placement options (device_map, quantize,
-    check_memory)."""
+    check_memory) and search `embedding` model folder; tiny has no embedding model."""
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
-    if name == "tiny":
-        return build_tiny()
+    if name == "tiny":  # a label file merges over tiny's own labels (see labelling/sources.py)
+        tiny = build_tiny()
+        merged = with_label_file(tiny.labels, labels, under=tiny.labels.texts)
+        return dataclasses.replace(tiny, labels=merged)
     preset = PRESETS[name]
     return load_bundle(
         preset.model,

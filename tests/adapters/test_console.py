@@ -33,11 +33,12 @@ async def test_no_backend_explains_how_to_get_one(tmp_path):
 
 
 async def test_invalid_settings_fail_with_one_line_per_problem(tmp_path, fake_ember):
-    env = console_env(tmp_path, fake_ember) | {"TEMPERATURE": "3", "DATABASE_URL": "postgres://x"}
+    env = console_env(tmp_path, fake_ember) | {"TEMPERATURE": "3", "DATABASE_URL": "mysql://x"}
     code, _, err = await run_console("", env)
     assert code == 2
     assert err.splitlines() == [
-        "config error: DATABASE_URL: must look like sqlite:///path/to/file.db (got 'postgres://x')",
+        "config error: DATABASE_URL: must look like sqlite:///path/to/file.db or "
+        "postgresql://user:password@host/db (got 'mysql://x')",
         "config error: TEMPERATURE: Input should be less than or equal to 2 (got '3')",
     ]
 

@@ -73,7 +73,7 @@ def test_doctor_reports_what_the_tiny_server_serves(tmp_path, tiny_server, tiny_
     labels = len(tiny_bundle.labels)
     assert served == [
         f"ok       served: model ember-tiny, SAE ember-tiny-sae, layer 1, {labels} labels, "
-        "lexical search"
+        "lexical + activation search, transformers engine"
     ]
     assert labels > 0
 

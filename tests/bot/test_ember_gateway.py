@@ -435,7 +435,7 @@ async def test_a_slow_backend_times_out_at_the_deadline(fake_ember: FakeEmber, c
 # --------------------------------------------------------------------------- the shared client
 
 
-async def test_every_call_shares_one_pooled_connection(
+async def test_sdk_calls_and_streams_each_reuse_one_pooled_connection(
     fake_ember: FakeEmber, gateway: EmberGateway
 ) -> None:
     sdk = gateway._sdk
@@ -449,7 +449,8 @@ async def test_every_call_shares_one_pooled_connection(
     await collect(gateway, [])  # a finished stream hands its connection back to the pool
     await gateway.search_features("cats")
     assert len(fake_ember.requests) == 16  # models + 11 searches + inspect (2) + 2 chats
-    assert fake_ember.connection_count == 1
+    # One kept-alive connection for the SDK's calls (httpx), one for the chat streams.
+    assert fake_ember.connection_count == 2
 
 
 async def test_the_stock_sdk_opens_a_connection_per_request(fake_ember: FakeEmber) -> None:

@@ -382,34 +382,36 @@ async def test_steering_history_is_newest_first_and_bounded(ctx, session, alice)
 # --- confirmations: the book ------------------------------------------------------------------
 
 
-def test_proposal_book_expires_bounds_and_hands_out_each_proposal_once():
+async def test_proposal_book_expires_bounds_and_hands_out_each_proposal_once():
     now = [0.0]
     book = ProposalBook(ttl=60, capacity=2, clock=lambda: now[0])
     session = SessionKey("t", "w", "c")
-    first = book.add(session, BOB, [])
-    second = book.add(session, BOB, [])
+    first = await book.add(session, BOB, [])
+    second = await book.add(session, BOB, [])
     assert len(first) == 24 and first != second
-    third = book.add(session, BOB, [])  # full: the oldest goes
-    assert book.get(first) is None and book.get(second) is not None
-    assert book.take(second) is not None and book.take(second) is None
+    third = await book.add(session, BOB, [])  # full: the oldest goes
+    assert await book.get(first) is None and await book.get(second) is not None
+    assert await book.take(second) is not None and await book.take(second) is None
     now[0] = 61
-    assert book.get(third) is None
+    assert await book.get(third) is None
 
 
 # --- confirmations: answering -----------------------------------------------------------------
 
 
-def propose(ctx: CommandContext, fake: FakeEmber, session: SessionKey, proposer: Actor) -> str:
+async def propose(
+    ctx: CommandContext, fake: FakeEmber, session: SessionKey, proposer: Actor
+) -> str:
     """What /autosteer leaves pending (the fake has no AutoSteer route; test_demo_tiny has)."""
     edits = [
         FeatureEdit(FeatureRef(f.index_in_sae, f.label, f.uuid), value)
         for f, value in [(fake.feature("pirate speech"), 0.4), (fake.feature("cats"), -0.2)]
     ]
-    return proposals(ctx.service).add(session, proposer, edits)
+    return await proposals(ctx.service).add(session, proposer, edits)
 
 
 async def test_apply_goes_through_the_steering_path_once(ctx, fake_ember, session, alice):
-    token = propose(ctx, fake_ember, session, BOB)
+    token = await propose(ctx, fake_ember, session, BOB)
     carol = Actor("u3", "Carol")
     stranger = await answer(ctx, token, True, Invocation(session, carol, {}, can_steer=False))
     assert stranger.is_error and stranger.text == (
@@ -433,7 +435,7 @@ async def test_apply_goes_through_the_steering_path_once(ctx, fake_ember, sessio
 
 
 async def test_the_proposer_may_cancel_without_steer_permission(ctx, fake_ember, session, alice):
-    token = propose(ctx, fake_ember, session, BOB)
+    token = await propose(ctx, fake_ember, session, BOB)
     cancelled = await answer(ctx, token, False, Invocation(session, BOB, {}, can_steer=False))
     assert cancelled.text == "Bob cancelled the proposal; nothing changed."
     assert (await ctx.service.variants.active(session)).edits == {}
@@ -445,10 +447,10 @@ async def test_apply_counts_against_the_steering_rate_limit(settings, fake_ember
     limited = settings.model_copy(update={"steer_user_burst": 1, "steer_user_per_minute": 1})
     async with open_context(limited) as ctx:
         await run(ctx, "/steer dogs 0.1", session, alice)
-        token = propose(ctx, fake_ember, session, alice)
+        token = await propose(ctx, fake_ember, session, alice)
         refused = await answer(ctx, token, True, Invocation(session, alice, {}))
         assert refused.text.startswith("Slow down")
-        assert proposals(ctx.service).get(token) is not None  # still pending
+        assert await proposals(ctx.service).get(token) is not None  # still pending
 
 
 # --- storage ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from server.model import neuronpedia
 from server.model.catalog import CATALOG
 from server.model.labels import DEFAULT_EMBEDDING_MODEL
 from tests.support import hub_repos
+from tests.support.embedder_repo import embedder_files
 from tests.support.fake_hub import FakeExports, FakeHub, HubRepo, labels_folders, partial_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,19 +43,11 @@ LABELS = {index: f"word group {index}" for index in range(D_SAE)} | {
     PIRATE: "pirate speech and nautical slang",
 }
 STARTUP_SECONDS = 120
-# A sentence-transformers repo: what search reads, then other formats that fetch leaves alone.
-EMBEDDING_READ = frozenset(
-    {
-        "config.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "tokenizer.json",
-        "vocab.txt",
-        "model.safetensors",
-        "1_Pooling/config.json",
-    }
-)
-EMBEDDING_FILES = (*EMBEDDING_READ, "onnx/model.onnx", "pytorch_model.bin", "README.md")
+# The search embedding model: a tiny BERT that knows 'sailor' is nautical (what search reads),
+# beside other formats that fetch leaves alone.
+EMBEDDER = embedder_files({"sea": ("pirate", "nautical", "sailor")}, LABELS.values())
+EMBEDDING_EXTRAS = {"onnx/model.onnx": b"onnx", "pytorch_model.bin": b"bin", "README.md": b"#"}
+EMBEDDER_REPO = "models--sentence-transformers--all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +65,7 @@ def hub() -> Iterator[FakeHub]:
             tokens=frozenset({ACCEPTED_TOKEN}),
         ),
         llama.repo_id: HubRepo(hub_repos.goodfire(llama.path, D_SAE)),
-        DEFAULT_EMBEDDING_MODEL: HubRepo({path: path.encode() for path in EMBEDDING_FILES}),
+        DEFAULT_EMBEDDING_MODEL: HubRepo(EMBEDDER | EMBEDDING_EXTRAS),
     }
     with FakeHub(repos) as fake:
         yield fake
@@ -99,6 +93,7 @@ def env(tmp_path: Path, hub: FakeHub, exports: FakeExports) -> dict[str, str]:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "EMBER_LABELS_URL": f"{exports.url}/v1",
         "EMBER_LABELS_CACHE": str(tmp_path / "labels"),
+        "EMBER_SEARCH_CACHE": str(tmp_path / "search"),
     }
 
 
@@ -108,8 +103,9 @@ def ember_bot(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 @contextmanager
-def serving(args: list[str], env: dict[str, str]) -> Iterator[str]:
-    """`ember-bot serve ARGS` on a free port; yields its base URL once /health answers."""
+def serving(args: list[str], env: dict[str, str], output: list[str] | None = None) -> Iterator[str]:
+    """`ember-bot serve ARGS` on a free port; yields its base URL once /health answers.
+    `output` receives what it printed, once it has stopped."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -129,10 +125,12 @@ def serving(args: list[str], env: dict[str, str]) -> Iterator[str]:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=20)
+            printed = process.communicate(timeout=20)[0]
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            printed = process.communicate()[0]
+        if output is not None:
+            output.append(printed)
 
 
 def _healthy(url: str) -> bool:
@@ -159,7 +157,7 @@ async def test_fetch_then_serve_offline_from_the_cache(
 
     assert fetched.returncode == 0, fetched.stderr
     assert f"HF_HUB_OFFLINE=1 ember-bot serve --preset {PRESET}" in fetched.stdout
-    assert "search  sentence-transformers/all-MiniLM-L6-v2: skipped" in fetched.stdout
+    assert f"search  {DEFAULT_EMBEDDING_MODEL}: {tmp_path}" in fetched.stdout
     snapshots = tmp_path / "hf" / "hub" / "models--google--gemma-3-270m-it" / "snapshots"
     (snapshot,) = snapshots.iterdir()
     assert {path.name for path in snapshot.iterdir()} >= {
@@ -177,10 +175,31 @@ async def test_fetch_then_serve_offline_from_the_cache(
 
     asked = len(hub.requests), len(exports.requests)
     offline = env | {"HF_HUB_OFFLINE": "1"}
-    with serving(["--preset", PRESET, "--device", "cpu"], offline) as url:
+    printed: list[str] = []
+    with serving(["--preset", PRESET, "--device", "cpu"], offline, printed) as url:
         assert (await search(url, "pirate"))[0] == (PIRATE, LABELS[PIRATE])
         assert (await search(url, "kittens"))[0] == (5, LABELS[5])
+        assert (await search(url, "sailor"))[0] == (PIRATE, LABELS[PIRATE])  # by meaning
     assert (len(hub.requests), len(exports.requests)) == asked  # nothing asked of the network
+    semantic = f"semantic ({DEFAULT_EMBEDDING_MODEL}) + lexical + activation search"
+    assert f"search: embedding {len(LABELS)} labels with {DEFAULT_EMBEDDING_MODEL}" in printed[0]
+    assert semantic in printed[0]  # the start-up line
+
+    (cached,) = (tmp_path / "search").rglob("*.npz")
+    written = cached.stat().st_mtime_ns
+    with serving(["--preset", PRESET, "--device", "cpu"], offline, printed) as url:
+        assert (await search(url, "sailor"))[0] == (PIRATE, LABELS[PIRATE])
+    assert "search: embedding" not in printed[1] and semantic in printed[1]
+    assert cached.stat().st_mtime_ns == written  # the labels' embeddings came from the cache
+
+    shutil.rmtree(tmp_path / "hf" / "hub" / EMBEDDER_REPO)  # nothing cached, no network
+    with serving(["--preset", PRESET, "--device", "cpu"], offline, printed) as url:
+        assert (await search(url, "pirate"))[0] == (PIRATE, LABELS[PIRATE])
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{url}/health")).json()
+    assert health["search"] == "lexical + activation"
+    assert "lexical + activation search" in printed[2]
+    assert f"search  {DEFAULT_EMBEDDING_MODEL}: not available" in printed[2]
 
 
 async def test_serve_fetches_what_is_missing_on_first_use(
@@ -202,20 +221,16 @@ def test_a_gated_model_downloads_with_an_accepted_token(
     assert labels_folders(tmp_path / "labels") == {"llama3.1-8b-it/19-resid-post-gf": True}
 
 
-def test_the_search_embedding_model_is_fetched_when_sentence_transformers_is_installed(
+def test_fetch_takes_only_what_search_reads_of_the_embedding_model(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    stub = tmp_path / "site" / "sentence_transformers"  # what `fetch` checks: that it imports
-    stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("")
-    fetched = ember_bot("fetch", PRESET, env=env | {"PYTHONPATH": str(stub.parent)})
+    fetched = ember_bot("fetch", PRESET, env=env)
 
     assert fetched.returncode == 0, fetched.stderr
     assert f"search  {DEFAULT_EMBEDDING_MODEL}: " in fetched.stdout
-    repo = tmp_path / "hf" / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2"
-    (snapshot,) = (repo / "snapshots").iterdir()
+    (snapshot,) = (tmp_path / "hf" / "hub" / EMBEDDER_REPO / "snapshots").iterdir()
     files = {path.relative_to(snapshot).as_posix() for path in snapshot.rglob("*.*")}
-    assert files == EMBEDDING_READ
+    assert files == set(EMBEDDER)
 
 
 @pytest.mark.parametrize(

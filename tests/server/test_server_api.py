@@ -53,7 +53,8 @@ async def test_models_and_health_describe_the_served_pair(tiny_server, tiny_bund
         "sae": tiny_bundle.sae_id,
         "layer": tiny_bundle.layer,
         "labels": len(tiny_bundle.labels),
-        "search": "lexical",
+        "search": "lexical + activation",
+        "engine": "transformers",
     }
     (entry,) = listing["data"]
     assert listing["object"] == "list"

@@ -6,7 +6,6 @@ import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from server.model.labels import LabelIndex, stem
@@ -178,41 +177,3 @@ def test_rerank_orders_the_given_features(index: LabelIndex) -> None:
     assert [feature for feature, _ in index.rerank("anything", [9, 8, 9], top_k=5)] == [9, 8]
     with pytest.raises(ValueError, match="outside this SAE"):
         index.rerank("weather", [D_SAE], top_k=1)
-
-
-# ---- semantic search ---------------------------------------------------------------------------
-
-
-class ConceptEmbedder:
-    """A stand-in sentence embedder that knows 'feline' means cat and 'sea' means nautical."""
-
-    CONCEPTS = {
-        "cat": ("cat", "kitten", "feline", "meow"),
-        "sea": ("pirate", "nautical", "sea", "sailor", "ship"),
-        "sky": ("weather", "rain", "storm", "cloud"),
-    }
-
-    def encode(self, texts: list[str], normalize_embeddings: bool) -> np.ndarray:
-        vectors = np.full((len(texts), len(self.CONCEPTS) + 1), 0.05)
-        for row, text in enumerate(texts):
-            for column, words in enumerate(self.CONCEPTS.values()):
-                vectors[row, column] += sum(word in text.lower() for word in words)
-        assert normalize_embeddings
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def test_an_embedding_model_finds_labels_with_no_shared_words() -> None:
-    index = LabelIndex(LABELS, D_SAE, embedder=ConceptEmbedder())
-    assert index.semantic
-    assert index.search("sailor", top_k=3)[0][0] == 5
-    assert index.search("storm", top_k=3)[0][0] in (41, 60000)
-    assert index.search("#23", top_k=3) == [(23, 1.0)]
-
-
-def test_without_an_installed_embedding_model_search_stays_lexical(tmp_path: Path) -> None:
-    path = tmp_path / "labels.json"
-    path.write_text(json.dumps([{"index": 5, "label": "pirate speech"}]))
-    index = LabelIndex.load(path, 10, embedding_model="no-such/model-on-this-machine")
-    assert not index.semantic
-    assert index.search("pirate", top_k=1)[0][0] == 5
-    assert index.search("sailor", top_k=1) == []

@@ -4,6 +4,10 @@ FakeDiscord is the REST API (aiohttp on 127.0.0.1, port 0): it answers the route
 keeps the messages it was sent, and records every request. Point discord.py at it by setting
 `discord.http.Route.BASE = fake.api_base` (webhooks and interaction callbacks use Route too).
 
+Message payloads are checked the way Discord checks them (discord_components.py: legacy rows,
+and Components v2 layouts with their flag, component and text limits); a refused one is
+answered 400 "Invalid Form Body" and its reason kept in `refusals`.
+
 FakeGateway plays the gateway's part without a websocket: it builds READY, GUILD_CREATE,
 MESSAGE_CREATE and INTERACTION_CREATE payloads and feeds them to the client's own connection
 state parsers, so discord.py parses them exactly as it would live events.
@@ -31,6 +35,8 @@ from typing import Any
 import discord
 from aiohttp import web
 
+from tests.support.discord_components import IS_COMPONENTS_V2, buttons, message_problem
+
 API_PREFIX = "/api/v10"
 TOKEN = "fake-discord-bot-token"
 APPLICATION_ID = 900_000_000_000_000_001  # a bot user shares its application's ID
@@ -38,11 +44,13 @@ GUILD_ID = 910_000_000_000_000_001
 GENERAL_CHANNEL = 920_000_000_000_000_001
 LISTEN_CHANNEL = 920_000_000_000_000_002
 DM_CHANNEL = 920_000_000_000_000_009
+GROUP_DM_CHANNEL = 920_000_000_000_000_010  # where only a user install can reach the bot
 STEERER_ROLE = 930_000_000_000_000_001
 TIMESTAMP = "2026-01-01T00:00:00+00:00"
 EPHEMERAL = 64  # message flag
 WAIT_SECONDS = 5.0
 _BODY = web.RequestKey("body", object)
+_FILES = web.RequestKey("files", tuple)
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,13 @@ class DiscordCall:
 
     @property
     def carries_message(self) -> bool:
-        """True for every payload that posts or edits message text."""
+        """True for every payload that posts or edits message text (content, or a v2 layout)."""
         body = self.json if isinstance(self.json, dict) else {}
-        return "content" in body or "content" in (body.get("data") or {})
+        data = body.get("data") or {}
+        layout = (body.get("flags") or 0) & IS_COMPONENTS_V2 or (
+            isinstance(data, dict) and (data.get("flags") or 0) & IS_COMPONENTS_V2
+        )
+        return "content" in body or "content" in data or bool(layout)
 
     @property
     def allowed_mentions(self) -> Any:
@@ -137,6 +149,7 @@ class FakeDiscord:
         self.synced_commands: dict[int | None, list[dict[str, Any]]] = {}  # by guild (None: global)
         self.clicked_messages: dict[str, int] = {}  # component interaction token -> message id
         self.attachments: dict[int, bytes] = {}  # what the CDN serves, by attachment id
+        self.refusals: list[str] = []  # why message payloads were refused, in order
         self._clock = clock
         self._ids = itertools.count(950_000_000_000_000_001)
         self._arrived = asyncio.Event()
@@ -222,6 +235,7 @@ class FakeDiscord:
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         body, files = await _read_body(request)
         request[_BODY] = body
+        request[_FILES] = files
         self.calls.append(
             DiscordCall(
                 request.method,
@@ -236,7 +250,25 @@ class FakeDiscord:
         finally:
             self._arrived.set()
 
-    def _message(self, channel_id: int | str, body: dict[str, Any], flags: int = 0) -> dict:
+    def _refused(self, request: web.Request, body: Any, message_id: int | None = None) -> Any:
+        """Discord's 400 for a payload it would not take, or None."""
+        existing = self.messages.get(message_id or 0) or {}
+        filenames = [name for name, _ in request[_FILES]]
+        filenames += [a["filename"] for a in existing.get("attachments") or []]
+        problem = message_problem(body or {}, filenames, existing.get("flags") or 0)
+        if not problem:
+            return None
+        self.refusals.append(problem)
+        error = {"code": 50035, "message": f"Invalid Form Body: {problem}", "errors": {}}
+        return _json(error, status=400)
+
+    def _message(
+        self,
+        channel_id: int | str,
+        body: dict[str, Any],
+        flags: int = 0,
+        files: tuple[tuple[str, bytes], ...] = (),
+    ) -> dict:
         message_id = next(self._ids)
         message = {
             "id": str(message_id),
@@ -250,7 +282,7 @@ class FakeDiscord:
             "mention_everyone": False,
             "mentions": [],
             "mention_roles": [],
-            "attachments": [],
+            "attachments": [_attachment(next(self._ids), name, data) for name, data in files],
             "embeds": body.get("embeds") or [],
             "pinned": False,
             "flags": flags | (body.get("flags") or 0),
@@ -268,6 +300,7 @@ class FakeDiscord:
         for key in ("embeds", "components"):
             if key in body:
                 message[key] = body[key] or []
+        message["flags"] |= body.get("flags") or 0
         message["edited_timestamp"] = TIMESTAMP
         return _json(message)
 
@@ -298,6 +331,9 @@ class FakeDiscord:
         data = body.get("data") or {}
         interaction: dict[str, Any] = {"id": request.match_info["id"], "type": 2}
         response: dict[str, Any] = {"interaction": interaction}
+        edited = self._clicked(request) if kind == 7 else None
+        if kind in (4, 7) and (refusal := self._refused(request, data, edited)):
+            return refusal
         if kind in (4, 5):  # a message, or "thinking…" that a follow-up will fill in
             interaction["response_message_loading"] = kind == 5
             interaction["response_message_ephemeral"] = bool((data.get("flags") or 0) & EPHEMERAL)
@@ -308,11 +344,18 @@ class FakeDiscord:
             self._update(clicked, data)
         return _json(response)
 
+    def _clicked(self, request: web.Request) -> int | None:
+        return self.clicked_messages.get(request.match_info.get("token", ""))
+
     async def _followup(self, request: web.Request) -> web.Response:
-        return _json(self._message(0, request[_BODY]))
+        body = request[_BODY]
+        return self._refused(request, body) or _json(self._message(0, body, files=request[_FILES]))
 
     async def _edit_webhook_message(self, request: web.Request) -> web.Response:
         message = request.match_info["message"]
+        target = self._clicked(request) if message == "@original" else int(message)
+        if refusal := self._refused(request, request[_BODY], target):
+            return refusal
         if message == "@original":
             clicked = self.clicked_messages.get(request.match_info["token"])
             if clicked is None:  # a deferred slash command's "thinking…" becomes the reply
@@ -321,10 +364,17 @@ class FakeDiscord:
         return self._update(int(message), request[_BODY])
 
     async def _create_message(self, request: web.Request) -> web.Response:
-        return _json(self._message(request.match_info["channel"], request[_BODY]))
+        body = request[_BODY]
+        channel = request.match_info["channel"]
+        return self._refused(request, body) or _json(
+            self._message(channel, body, files=request[_FILES])
+        )
 
     async def _edit_message(self, request: web.Request) -> web.Response:
-        return self._update(int(request.match_info["message"]), request[_BODY])
+        message = int(request.match_info["message"])
+        return self._refused(request, request[_BODY], message) or self._update(
+            message, request[_BODY]
+        )
 
     async def _cdn(self, request: web.Request) -> web.Response:
         content = self.attachments.get(int(request.match_info["id"]))
@@ -343,6 +393,17 @@ class FakeDiscord:
         ]
         self.synced_commands[int(guild) if guild else None] = commands
         return _json(commands)
+
+
+def _attachment(attachment_id: int, filename: str, data: bytes) -> dict[str, Any]:
+    url = f"https://cdn.invalid/attachments/{attachment_id}/{filename}"
+    return {
+        "id": str(attachment_id),
+        "filename": filename,
+        "size": len(data),
+        "url": url,
+        "proxy_url": url,
+    }
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -507,6 +568,21 @@ class FakeGateway:
         """Run `/command` ("variant new" for a subcommand); returns the interaction token."""
         return self._command(2, user, command, options, focused=None)
 
+    def slash_in_group_dm(self, user: FakeUser, command: str, **options: Any) -> str:
+        """`/command` in a group DM the bot is not in, through `user`'s own install of the app:
+        no guild, no member, context 2 (private channel), owned by the user."""
+        private = {
+            "guild_id": None,
+            "guild_locale": None,
+            "member": None,
+            "user": user.payload(),
+            "channel_id": str(GROUP_DM_CHANNEL),
+            "channel": {"id": str(GROUP_DM_CHANNEL), "type": 3, "recipients": [user.payload()]},
+            "context": 2,
+            "authorizing_integration_owners": {"1": str(user.id)},
+        }
+        return self._command(2, user, command, options, focused=None, overrides=private)
+
     def autocomplete(self, user: FakeUser, command: str, focused: str, **options: Any) -> str:
         return self._command(4, user, command, options, focused=focused)
 
@@ -514,15 +590,7 @@ class FakeGateway:
         """Click the button labelled `label` on a message the bot sent; returns the token."""
         assert self._fake is not None, "FakeGateway(client, fake) to click"
         message = self._fake.messages[message_id]
-        button = next(
-            (
-                component
-                for row in message["components"]
-                for component in row["components"]
-                if component.get("label") == label
-            ),
-            None,
-        )
+        button = next((b for b in buttons(message["components"]) if b.get("label") == label), None)
         assert button is not None, f"no button {label!r} on message {message_id}"
         data = {"custom_id": button["custom_id"], "component_type": 2}
         channel = {**message, "channel_id": str(GENERAL_CHANNEL)}  # follow-ups are stored at 0
@@ -537,6 +605,7 @@ class FakeGateway:
         command: str,
         options: dict[str, Any],
         focused: str | None,
+        overrides: dict[str, Any] | None = None,
     ) -> str:
         values = []
         files: dict[str, Any] = {}
@@ -563,36 +632,42 @@ class FakeGateway:
             }
         else:
             data["options"] = values
-        return self._interaction(kind, user, data)
+        return self._interaction(kind, user, data, overrides)
 
-    def _interaction(self, kind: int, user: FakeUser, data: dict[str, Any], **extra: Any) -> str:
+    def _interaction(
+        self,
+        kind: int,
+        user: FakeUser,
+        data: dict[str, Any],
+        overrides: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
         interaction_id = next(self._ids)
         token = f"interaction-token-{interaction_id}"
         member = user.member_payload() | {
             "user": user.payload(),
             "permissions": str(user.permissions.value),
         }
-        self.dispatch(
-            "INTERACTION_CREATE",
-            {
-                "id": str(interaction_id),
-                "application_id": str(APPLICATION_ID),
-                "type": kind,
-                "token": token,
-                "version": 1,
-                "guild_id": str(GUILD_ID),
-                "channel_id": str(GENERAL_CHANNEL),
-                "channel": _text_channel(GENERAL_CHANNEL, "general"),
-                "member": member,
-                "data": data,
-                "app_permissions": str(discord.Permissions.all().value),
-                "locale": "en-US",
-                "guild_locale": "en-US",
-                "entitlements": [],
-                "authorizing_integration_owners": {"0": str(GUILD_ID)},
-                "context": 0,
-                "attachment_size_limit": 8 * 1024 * 1024,
-                **extra,
-            },
-        )
+        payload = {
+            "id": str(interaction_id),
+            "application_id": str(APPLICATION_ID),
+            "type": kind,
+            "token": token,
+            "version": 1,
+            "guild_id": str(GUILD_ID),
+            "channel_id": str(GENERAL_CHANNEL),
+            "channel": _text_channel(GENERAL_CHANNEL, "general"),
+            "member": member,
+            "data": data,
+            "app_permissions": str(discord.Permissions.all().value),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(GUILD_ID)},
+            "context": 0,
+            "attachment_size_limit": 8 * 1024 * 1024,
+            **extra,
+            **(overrides or {}),
+        }
+        self.dispatch("INTERACTION_CREATE", {k: v for k, v in payload.items() if v is not None})
         return token

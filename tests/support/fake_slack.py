@@ -15,6 +15,10 @@ failures can be injected per method:
 
 It also builds what Slack sends to an app: signed HTTP requests, slash command forms, event
 callbacks and block_actions payloads taken from the blocks the bot actually posted.
+
+Slack's AI-app methods (chat.startStream / appendStream / stopStream, assistant.threads.*) live
+in fake_slack_ai.py, as `slack.ai`; `FakeSlack(streaming=True)` is a workspace that has the
+streaming API (without it, chat.startStream answers unknown_method, as an older Slack would).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Literal
 from aiohttp import WSMsgType, web
 
 from adapters.slack.settings import SlackSettings
+from tests.support.fake_slack_ai import SlackAI
 
 MAX_TEXT_BYTES = 4_000
 MAX_BLOCKS = 50
@@ -122,8 +127,10 @@ class FakeSlack:
     calls: list[SlackCall] = field(default_factory=list)
     messages: dict[str, PostedMessage] = field(default_factory=dict)  # by ts
     files: dict[str, UploadedFile] = field(default_factory=dict)  # by id
+    streaming: bool = False  # whether chat.startStream & co. exist (fake_slack_ai.py)
 
     def __post_init__(self) -> None:
+        self.ai = SlackAI(self._new_ts, blocks_are_valid, self.streaming)
         self._faults: dict[str, deque[SlackFault]] = {}
         self._runner: web.AppRunner | None = None
         self._sockets: list[web.WebSocketResponse] = []
@@ -337,14 +344,17 @@ class FakeSlack:
             return self._upload_url(body)
         if method == "files.completeUploadExternal":
             return self._complete_upload(body)
-        return _error("unknown_method")
+        return self.ai.serve(method, body) or _error("unknown_method")
+
+    def _new_ts(self) -> str:
+        return f"{1_700_000_000 + next(self._ts)}.000100"
 
     def _post_message(self, body: dict[str, Any]) -> dict[str, Any]:
         if not body.get("channel"):
             return _error("channel_not_found")
         if problem := message_problem(body):
             return _error(problem)
-        ts = f"{1_700_000_000 + next(self._ts)}.000100"
+        ts = self._new_ts()
         message = PostedMessage(body["channel"], ts, body.get("thread_ts"))
         self.messages[ts] = message
         message.record(body, self.clock())

@@ -23,6 +23,7 @@ from bot.app import open_context
 from bot.commands.registry import Command, CommandContext
 from bot.domain.types import Actor, SessionKey
 from bot.settings import Settings
+from tests.support.discord_components import IS_COMPONENTS_V2, text_of, walk
 from tests.support.fake_discord import (
     APPLICATION_ID,
     DM_CHANNEL,
@@ -113,6 +114,7 @@ async def start_bot(
 
         yield start
     assert_nobody_pinged(fake_discord)
+    assert fake_discord.refusals == [], "every payload passes Discord's checks"
 
 
 @pytest.fixture
@@ -217,7 +219,8 @@ async def test_inspect_renders_a_code_block_table_with_bars(harness: Harness):
     harness.gateway.message(MEMBER, f"<@{APPLICATION_ID}> talk like a pirate", mentions_bot=True)
     await wait_for_final_reply(harness, GENERAL_CHANNEL)
     followup = await harness.followup(harness.gateway.slash(MEMBER, "inspect"))
-    table = followup.content.split("```")[1]
+    assert followup.json["flags"] & IS_COMPONENTS_V2, "a Components v2 layout"
+    table = text_of(followup.json["components"]).split("```")[1]
     assert "Top features in the last exchange" in table
     pirate_row = next(line for line in table.splitlines() if line.startswith("pirate speech"))
     assert "█" in pirate_row and "#1201" in pirate_row
@@ -228,9 +231,11 @@ async def test_long_lists_are_cut_to_the_message_limit_with_a_count(harness: Har
         FakeFeature(100 + i, f"pirate feature number {i} " + "x" * 60, ("arr",)) for i in range(50)
     ]
     token = harness.gateway.slash(MEMBER, "features search", query="pirate", top=50)
-    content = (await harness.followup(token)).content
-    assert len(content) <= 2000
-    assert re.search(r"\n… \d+ more lines not shown$", content)
+    components = (await harness.followup(token)).json["components"]
+    assert len(list(walk(components))) <= 40, "a picker of 10, the rest listed"
+    assert len(text_of(components)) <= 4000
+    assert re.search(r"\n… \d+ more lines not shown\n", text_of(components))
+    assert harness.discord.refusals == []
 
 
 async def test_variant_export_is_sent_as_a_json_file(harness: Harness):

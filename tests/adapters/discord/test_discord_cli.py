@@ -71,6 +71,18 @@ async def test_sync_without_guild_registers_globally(fake_discord, capsys):
     assert "may take up to an hour" in capsys.readouterr().out
 
 
+async def test_sync_registers_every_command_for_server_and_user_installs_in_every_context(
+    fake_discord, capsys
+):
+    assert await run_main("sync") == 0
+    commands = fake_discord.synced_commands[None]
+    assert len(commands) == 10
+    for command in commands:
+        assert sorted(command["integration_types"]) == [0, 1], command["name"]  # guild, user
+        # 0: servers, 1: DMs with the bot, 2: group DMs and other DMs (user installs)
+        assert sorted(command["contexts"]) == [0, 1, 2], command["name"]
+
+
 def invite_parameters(url: str) -> dict[str, list[str]]:
     parts = urlsplit(url.strip())
     assert (parts.scheme, parts.netloc, parts.path) == ("https", "discord.com", "/oauth2/authorize")
@@ -89,6 +101,15 @@ async def test_invite_url_asks_for_bot_and_commands_scopes_and_few_permissions(
     permissions = discord.Permissions(int(query["permissions"][0]))
     assert permissions.send_messages and permissions.read_message_history
     assert not (permissions.administrator or permissions.mention_everyone)
+
+
+async def test_user_install_url_asks_only_for_commands(fake_discord, monkeypatch, capsys):
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", bot_token(APPLICATION_ID))
+    assert await run_main("invite-url", "--user") == 0
+    query = invite_parameters(capsys.readouterr().out)
+    assert query["client_id"] == [str(APPLICATION_ID)]
+    assert query["scope"] == ["applications.commands"] and query["integration_type"] == ["1"]
+    assert "permissions" not in query
 
 
 async def test_missing_token_explains_where_to_get_one(fake_discord, monkeypatch, capsys):

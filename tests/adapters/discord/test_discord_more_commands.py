@@ -16,6 +16,8 @@ from adapters.discord.app import EmberDiscordBot
 from bot.commands.confirmations import proposals
 from tests.adapters.discord import test_discord_adapter as adapter_tests
 from tests.adapters.discord.test_discord_adapter import MEMBER, MOD, Harness, StartBot, session_of
+from tests.support.discord_components import IS_COMPONENTS_V2, text_of, walk
+from tests.support.discord_components import buttons as all_buttons
 from tests.support.fake_discord import (
     APPLICATION_ID,
     EPHEMERAL,
@@ -45,7 +47,13 @@ async def edits(harness: Harness) -> dict[int, float]:
 
 
 def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for row in message["components"] for c in row["components"]]
+    return all_buttons(message["components"])
+
+
+def shown_text(message: dict[str, Any]) -> str:
+    """The text of a v2 message's text displays, one per line."""
+    assert message["flags"] & IS_COMPONENTS_V2
+    return text_of(message["components"])
 
 
 def proposal_token(harness: Harness, message_id: int) -> str:
@@ -69,7 +77,7 @@ async def autosteer(start_bot: StartBot, tiny_server: BackgroundServer) -> tuple
 async def answered(harness: Harness, message_id: int) -> dict[str, Any]:
     """The question message once its buttons are gone."""
     message = harness.discord.messages[message_id]
-    await harness.discord.wait_for(lambda: not message["components"])
+    await harness.discord.wait_for(lambda: not buttons(message))
     return message
 
 
@@ -80,11 +88,11 @@ async def test_autosteer_shows_the_proposal_with_buttons_carrying_its_token(
     message = harness.discord.messages[message_id]
     apply, cancel = buttons(message)
     token = apply["custom_id"].removeprefix("ember:confirm:accept:")
-    assert proposals(harness.ctx.service).get(token) is not None
+    assert await proposals(harness.ctx.service).get(token) is not None
     assert apply["label"] == "Apply" and len(token) == 24
     assert (cancel["label"], cancel["custom_id"]) == ("Cancel", f"ember:confirm:reject:{token}")
-    assert "pirate speech" in message["content"] and "█" in message["content"]
-    assert message["content"].endswith("\n**Apply these edits?**")
+    assert "pirate speech" in shown_text(message) and "█" in shown_text(message)
+    assert shown_text(message).endswith("\n**Apply these edits?**")
     assert await edits(harness) == {}
 
 
@@ -97,7 +105,7 @@ async def test_apply_adds_the_edits_removes_the_buttons_and_tells_the_channel(
     (ack,) = harness.discord.calls_to("POST", f"/interactions/.*/{token}/callback")
     assert ack.json["type"] == 6  # deferred update: the message is edited next
     assert PIRATE in await edits(harness)
-    assert message["content"].endswith("**Apply these edits?**\n-# ✅ Applied by Mo")
+    assert shown_text(message).endswith("**Apply these edits?**\n-# ✅ Applied by Mo")
     (outcome,) = await harness.discord.wait_for_call("POST", f"/webhooks/{APPLICATION_ID}/{token}")
     assert outcome.content.startswith('Mo applied to variant "default": "pirate speech" +')
     assert not (outcome.json.get("flags") or 0) & EPHEMERAL
@@ -110,9 +118,9 @@ async def test_cancel_changes_nothing_and_removes_the_buttons(
     token = proposal_token(harness, message_id)
     harness.gateway.click(MOD, message_id, "Cancel")
     message = await answered(harness, message_id)
-    assert message["content"].endswith("-# ✖️ Cancelled by Mo")
+    assert shown_text(message).endswith("-# ✖️ Cancelled by Mo")
     assert await edits(harness) == {}
-    assert proposals(harness.ctx.service).get(token) is None
+    assert await proposals(harness.ctx.service).get(token) is None
 
 
 async def test_a_click_by_someone_not_allowed_is_refused_privately_and_the_buttons_stay(
@@ -131,12 +139,14 @@ async def test_an_expired_proposal_says_so_and_loses_its_buttons(
     start_bot: StartBot, tiny_server: BackgroundServer
 ):
     harness, message_id = await autosteer(start_bot, tiny_server)
-    proposals(harness.ctx.service).take(proposal_token(harness, message_id))  # as if it expired
+    await proposals(harness.ctx.service).take(
+        proposal_token(harness, message_id)
+    )  # as if it expired
     click = harness.gateway.click(MOD, message_id, "Apply")
     message = await answered(harness, message_id)
     (notice,) = harness.discord.calls_to("POST", f"/webhooks/{APPLICATION_ID}/{click}")
     assert notice.json["flags"] & EPHEMERAL and "expired" in notice.content
-    assert message["content"].endswith("\n-# Expired")
+    assert shown_text(message).endswith("\n-# Expired")
 
 
 async def test_buttons_sent_before_a_restart_still_work(
@@ -162,19 +172,26 @@ async def compare(harness: Harness, prompt: str) -> str:
     return harness.gateway.slash(MEMBER, "compare", prompt=prompt)
 
 
-async def final_columns(harness: Harness) -> list[dict[str, Any]]:
-    """The embeds of the columns message, once no column is still writing."""
+def column_texts(components: list[dict[str, Any]]) -> list[str]:
+    """The columns' texts in a /compare layout: the text displays after the intro."""
+    _, *columns = [c["content"] for c in walk(components) if c["type"] == 10]
+    return columns
 
-    def embeds() -> list[dict[str, Any]]:
-        return next((m["embeds"] for m in harness.discord.messages.values() if m["embeds"]), [])
+
+async def final_columns(harness: Harness) -> list[str]:
+    """The columns of the /compare message ("### title\\ntext"), once none is still writing."""
+
+    def columns() -> list[str]:
+        layouts = [m for m in harness.discord.messages.values() if m["flags"] & IS_COMPONENTS_V2]
+        return column_texts(layouts[0]["components"]) if layouts else []
 
     await harness.discord.wait_for(
-        lambda: bool(embeds()) and all(MARKER not in e["description"] for e in embeds())
+        lambda: bool(columns()) and all(MARKER not in text for text in columns())
     )
-    return embeds()
+    return columns()
 
 
-async def test_compare_streams_two_embeds_edited_at_most_once_a_second_then_final(
+async def test_compare_streams_both_answers_in_one_v2_layout_edited_at_most_once_a_second(
     harness: Harness,
 ):
     harness.clock.step = 0.05  # every read of the clock moves time on
@@ -182,27 +199,30 @@ async def test_compare_streams_two_embeds_edited_at_most_once_a_second_then_fina
     token = await compare(harness, "tell me a story")
     post = await harness.followup(token)
     base, steered = await final_columns(harness)
-    assert post.content.startswith("Same prompt, same seed")
-    titles = [e["title"] for e in post.json["embeds"]]
-    assert titles == ["base", "steered: default · pirate speech +0.5"]
+    assert post.json["flags"] & IS_COMPONENTS_V2 and "content" not in post.json
+    assert text_of(post.json["components"]).startswith("Same prompt, same seed")
+    titles = [text.split("\n", 1)[0] for text in column_texts(post.json["components"])]
+    assert titles == ["### base", "### steered: default · pirate speech +0.5"]
     edits = harness.discord.calls_to("PATCH", f"/webhooks/{APPLICATION_ID}/{token}/messages/\\d+")
     *streaming, last = [post, *edits]
     assert len(streaming) >= 3
     times = [call.at for call in streaming]
     assert all(later - earlier >= 1.0 for earlier, later in zip(times, times[1:], strict=False))
     assert all(
-        any(e["description"].endswith(MARKER) for e in call.json["embeds"]) for call in streaming
+        any(text.endswith(MARKER) for text in column_texts(call.json["components"]))
+        for call in streaming
     )
-    assert last.json["embeds"] == [base, steered]
-    assert base["description"] == steered["description"] == harness.ember.reply_text
+    assert column_texts(last.json["components"]) == [base, steered]
+    assert base.split("\n", 1)[1] == steered.split("\n", 1)[1] == harness.ember.reply_text
+    assert harness.discord.refusals == []
 
 
 async def test_a_generation_stopped_mid_stream_ends_its_column_with_a_note(harness: Harness):
     harness.ember.reply_text = "one two three four five six"
     harness.ember.fail_next("/chat/completions", Fault(abort_after_tokens=3))  # either column
     await compare(harness, "count")
-    descriptions = [e["description"] for e in await final_columns(harness)]
-    full, stopped = sorted(descriptions, key=lambda text: "⚠" in text)
+    texts = [text.split("\n", 1)[1] for text in await final_columns(harness)]
+    full, stopped = sorted(texts, key=lambda text: "⚠" in text)
     assert full == "one two three four five six"
     text, note = stopped.split("\n\n")
     assert text == "one two three" and note.startswith("⚠ Generation stopped")
@@ -238,7 +258,11 @@ async def test_inspect_chart_reaches_discord_as_a_png_of_sensible_size(harness: 
     width, height = struct.unpack(">II", content[16:24])
     assert 400 <= width <= 2000 and 100 <= height <= 2000
     assert Image.open(io.BytesIO(content)).size == (width, height)
-    assert "pirate speech" in followup.content  # the table still carries the numbers
+    assert followup.json["flags"] & IS_COMPONENTS_V2
+    components = followup.json["components"]
+    assert "pirate speech" in text_of(components)  # the table still carries the numbers
+    (gallery,) = [c for c in walk(components) if c["type"] == 12]
+    assert gallery["items"][0]["media"]["url"] == "attachment://inspect.png"
 
 
 VARIANT = {

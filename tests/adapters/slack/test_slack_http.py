@@ -138,12 +138,13 @@ async def start(settings: Settings) -> AsyncIterator[Start]:
             *,
             clock: Callable[[], float] = time.monotonic,
             usergroups: dict[str, list[str]] | None = None,
+            streaming: bool = False,
             slack_overrides: dict[str, Any] | None = None,
             **overrides: Any,
         ) -> Harness:
             # The fake stamps calls with virtual time too, but must not advance it.
             reading = (lambda: clock.now) if isinstance(clock, StepClock) else clock
-            slack = FakeSlack(clock=reading, usergroups=usergroups or {})
+            slack = FakeSlack(clock=reading, usergroups=usergroups or {}, streaming=streaming)
             await stack.enter_async_context(slack)
             values = settings.model_dump() | overrides
             bot_settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -307,7 +308,9 @@ async def test_mention_streams_placeholder_then_paced_updates_then_final(
         gaps = [b - a for a, b in zip(message.times, message.times[1:], strict=False)]
         assert all(gap >= 1.0 for gap in gaps[:-1]), "at most one update a second"
         assert max(len(v.encode()) for v in message.versions) <= MESSAGE_BYTES < 4_000
-    assert all(call.outcome == "ok" for call in bot.slack.calls)
+    [refused] = bot.slack.api_calls("chat.startStream")  # this fake has no streaming API
+    assert refused.outcome == "unknown_method"
+    assert all(call.outcome == "ok" for call in bot.slack.calls if call is not refused)
 
     everything = "".join(v for m in messages for v in m.versions)
     for ping in ("<!channel>", "<!here>", "<!everyone>", "<@U1ALICE>", "<#C1GENERAL>"):

@@ -49,6 +49,8 @@ def test_checked_in_manifest_matches_the_registry():
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
         "app_mention",
+        "assistant_thread_started",
+        "assistant_thread_context_changed",
         "message.channels",
         "message.groups",
         "message.im",
@@ -61,7 +63,9 @@ def test_checked_in_manifest_matches_the_registry():
         "files:write",
         "im:history",
         "usergroups:read",
+        "assistant:write",
     } <= scopes
+    assert manifest["features"]["assistant_view"]["assistant_description"]
 
 
 def test_manifest_command_prints_prefixed_names_and_http_urls(clean_env, capsys):
