@@ -268,4 +268,15 @@ def _describe(problem: Mapping[str, Any], prefix: str = "") -> str:
     message = problem["msg"].removeprefix("Value error, ")
     if any(word in field for word in _SECRET_WORDS):
         return f"{field}: {message}"
-    return f"{field}: {message} (got {problem.get('input')!r})"
+    return f"{field}: {message} (got {_without_password(problem.get('input'))!r})"
+
+
+def _without_password(value: object) -> object:
+    """`value` with the password of a URL (`postgresql://user:password@host/db`) masked."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    scheme, separator, rest = value.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if not separator or not at or ":" not in userinfo:
+        return value
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{location}"

@@ -101,11 +101,18 @@ async def _copy(source: sqlite3.Connection, store: PostgresStore, url: str) -> l
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)"
             )
-        counted = {t: await db.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
-    result = []
-    for table in TABLES:
-        source_rows = source.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        result.append(CopiedTable(table, source_rows, counted[table]))
+        result = [
+            CopiedTable(
+                table,
+                source.execute(f"SELECT count(*) FROM {table}").fetchone()[0],
+                await db.fetchval(f"SELECT count(*) FROM {table}"),
+            )
+            for table in TABLES
+        ]
+        if mismatched := [t.name for t in result if not t.verified]:
+            raise DatabaseProblem(  # raised inside the transaction: nothing stays copied
+                f"row counts differ after the copy in {', '.join(mismatched)}; nothing was kept."
+            )
     with contextlib.suppress(sqlite3.Error):
         source.rollback()
     return result

@@ -95,7 +95,9 @@ def describe(url: str, error: BaseException, timeout: float) -> str:
             "runs and the host and port in DATABASE_URL."
         )
     if isinstance(error, OSError):
-        reason = os.strerror(error.errno) if error.errno else (error.strerror or reason)
+        # getaddrinfo's errors have negative errnos that os.strerror does not know.
+        number = error.errno or 0
+        reason = os.strerror(number) if number > 0 else (error.strerror or reason)
         return (
             f"cannot connect to PostgreSQL at {at} ({reason}); start the server, or fix the "
             "host and port in DATABASE_URL."

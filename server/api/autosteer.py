@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from server.api import schemas
 from server.api.served import Served
 from server.engine.controller import EMPTY_PLAN
+from server.model.ids import UnknownFeatureError
 
 AUTOSTEER_CANDIDATES = 10
 AUTOSTEER_MAX_EDITS = 5
@@ -22,7 +23,7 @@ _INSTRUCTION_TEXT = (
 )
 INSTRUCTION_WORDS = frozenset(_INSTRUCTION_TEXT.split())
 # "less formal", "not sad", "stop talking like a pirate": steer those features down.
-NEGATION = re.compile(r"\b(not|no|never|less|fewer|without|avoid|stop|don'?t|doesn'?t)\b", re.I)
+NEGATION = re.compile(r"\b(not|never|less|fewer|without|avoid|stop|don'?t|doesn'?t)\b", re.I)
 
 router = APIRouter()
 
@@ -64,7 +65,10 @@ def focus(specification: str) -> str:
 @router.post("/features/auto-conditional")
 async def auto_conditional(body: schemas.SpecificationRequest, served: Served) -> dict[str, Any]:
     """The best-matching feature, firing above half its peak on the specification itself."""
-    (index, _relevance), *_ = await served.search.search(body.specification, top_k=1)
+    hits = await served.search.search(body.specification, top_k=1)
+    if not hits:  # an SAE with no features to offer
+        raise UnknownFeatureError(f"No feature matches {body.specification!r}.")
+    index = hits[0][0]
     prompt = served.prompt([schemas.Message(role="user", content=body.specification)], "read")
     rows = await served.runtime.inspect(prompt, EMPTY_PLAN, "max", [index])
     peak = max(value for row in rows for _index, value in row.activations)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from bot.settings import Settings, SettingsError, load
 from tests.support.console_helpers import console_env, run_console
 
 
@@ -52,3 +55,12 @@ async def test_serve_tiny_demo_works_offline_in_one_command(tmp_path):
     reply = out.split("bot> ", 1)[1].split("\n", 1)[0]
     assert any(word in reply.lower() for word in ("ahoy", "matey", "arr", "treasure", "ye"))
     assert "Top features in the last exchange" in out and "pirate speech" in out.split("Top")[1]
+
+
+def test_a_bad_database_url_is_named_without_its_password(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://ember:hunter2@db.example/ember")
+    with pytest.raises(SettingsError) as failure:
+        load(Settings, _env_file=None)
+    (line,) = failure.value.problems
+    assert line.startswith("DATABASE_URL: ") and "hunter2" not in line
+    assert "'postgresql+asyncpg://ember:***@db.example/ember'" in line

@@ -23,6 +23,16 @@ async def test_nothing_listening_is_one_line_without_the_password():
     assert "s3cret" not in str(refused.value)
 
 
+async def test_a_host_that_does_not_resolve_is_named_in_words():
+    with pytest.raises(DatabaseProblem) as unknown:
+        await open_database("postgresql://ember:s3cret@no-such-host.invalid/ember")
+    message = str(unknown.value)
+    assert message.startswith(
+        "database error: cannot connect to PostgreSQL at ember@no-such-host.invalid:5432/ember ("
+    )
+    assert "Unknown error" not in message and "s3cret" not in message
+
+
 async def test_a_missing_database_says_to_create_it(postgres_server: str):
     url = postgres_server.rsplit("/", 1)[0] + "/no_such_database"
     with pytest.raises(DatabaseProblem) as missing:

@@ -10,6 +10,7 @@ with something that is not a chat completion; `down_after` answers 503 from that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -76,7 +77,8 @@ class FakeExplainer:
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(ConnectionError):  # a client that stopped (the tests)
+                    self.wfile.write(data)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
