@@ -99,7 +99,15 @@ class FeaturePicker:
         return self._choose(feature.index_in_sae)
 
     async def on_choose(self, interaction: discord.Interaction, feature: int) -> None:
-        """The picker becomes this feature's strength buttons."""
+        """The picker becomes this feature's strength buttons, for those who may steer here
+        (the picker is shared by the channel: one viewer's click changes it for everyone)."""
+        if not can_steer(interaction.user, interaction.permissions, self._steer_roles):
+            await interaction.response.send_message(
+                "You don't have permission to use /steer in this channel.",
+                ephemeral=True,
+                allowed_mentions=NO_PINGS,
+            )
+            return
         name = section_text(interaction.message, CHOOSE_ID.format(feature=feature))
         container: ui.Container[Any] = ui.Container(
             ui.TextDisplay(f"Steer {name or f'#{feature}'} how strongly?"),

@@ -17,9 +17,15 @@ from typing import Any
 import torch
 import transformers
 
-from server.model.loading import _sae_name, check_fit, freeze, resolve_dtype, served_labels
+from server.model.loading import (
+    _sae_name,
+    chat_tokenizer,
+    freeze,
+    resolve_dtype,
+    sae_for_model,
+    served_labels,
+)
 from server.model.presets import PRESETS, ModelBundle, load_preset
-from server.model.sae import load_sae
 from server.model.tiny.build import MODEL_ID as TINY_MODEL_ID
 
 
@@ -38,15 +44,8 @@ def load_bundle_without_weights(
     leaves room for it, see options.py), else the CPU."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_dtype(dtype, device)
-    autoencoder = load_sae(sae, device="cpu", dtype=torch_dtype)
-    hooked = layer if layer is not None else autoencoder.hook_layer
-    if hooked is None:
-        raise ValueError(f"The SAE {sae!r} does not say which layer it reads; pass --layer.")
-    config = transformers.AutoConfig.from_pretrained(model)
-    check_fit(config, autoencoder, hooked, model)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-    if not tokenizer.chat_template:
-        raise ValueError(f"The model {model!r} has no chat template; use an instruct model.")
+    autoencoder, hooked, config = sae_for_model(model, sae, layer, torch_dtype)
+    tokenizer = chat_tokenizer(model)
     with torch.device("meta"):
         skeleton = transformers.AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     with contextlib.suppress(OSError):  # the model's own end-of-sequence tokens, if it has any

@@ -72,12 +72,7 @@ def load_bundle(
     torch_dtype = resolve_dtype(dtype, device)
     check_requirements(device, device_map, quantize)
     free = free_memory(device, across_gpus=device_map == AUTO)
-    autoencoder = load_sae(sae, device="cpu", dtype=torch_dtype)
-    hooked = layer if layer is not None else autoencoder.hook_layer
-    if hooked is None:
-        raise ValueError(f"The SAE {sae!r} does not say which layer it reads; pass --layer.")
-    config = transformers.AutoConfig.from_pretrained(model)
-    check_fit(config, autoencoder, hooked, model)
+    autoencoder, hooked, config = sae_for_model(model, sae, layer, torch_dtype)
     estimate = estimate_memory(
         config,
         dtype=torch_dtype,
@@ -91,9 +86,7 @@ def load_bundle(
             f"{line} It does not fit: try --quantize 4bit or 8bit, --device-map auto with more "
             "GPUs, or a smaller model (--ignore-memory-check tries anyway)."
         )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-    if not tokenizer.chat_template:
-        raise ValueError(f"The model {model!r} has no chat template; use an instruct model.")
+    tokenizer = chat_tokenizer(model)
     options = placement(device, device_map, quantize, torch_dtype)
     network = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **options)
     if "device_map" not in options:
@@ -110,6 +103,28 @@ def load_bundle(
         model_id=model,
         sae_id=_sae_name(sae),
     )
+
+
+def sae_for_model(
+    model: str, sae: str, layer: int | None, torch_dtype: torch.dtype
+) -> tuple[SparseAutoencoder, int, transformers.PretrainedConfig]:
+    """The SAE (on the CPU), the layer it hooks (`layer`, else the one its metadata names) and
+    the model's config, checked to fit each other."""
+    autoencoder = load_sae(sae, device="cpu", dtype=torch_dtype)
+    hooked = layer if layer is not None else autoencoder.hook_layer
+    if hooked is None:
+        raise ValueError(f"The SAE {sae!r} does not say which layer it reads; pass --layer.")
+    config = transformers.AutoConfig.from_pretrained(model)
+    check_fit(config, autoencoder, hooked, model)
+    return autoencoder, hooked, config
+
+
+def chat_tokenizer(model: str) -> transformers.PreTrainedTokenizerBase:
+    """The model's tokenizer, refused when it has no chat template (a base model)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    if not tokenizer.chat_template:
+        raise ValueError(f"The model {model!r} has no chat template; use an instruct model.")
+    return tokenizer
 
 
 def served_labels(

@@ -88,3 +88,17 @@ async def test_a_strength_clicked_by_someone_not_allowed_is_refused_privately(ha
     assert "don't have permission" in refusal.content
     assert len(buttons(message["components"])) == 5, "the buttons stay for someone allowed"
     assert await edits(harness) == {}
+
+
+async def test_choose_clicked_by_someone_not_allowed_is_refused_and_changes_nothing(
+    harness: Harness,
+):
+    message_id, _ = await picker(harness)
+    message = harness.discord.messages[message_id]
+    before = labels_of(message)
+    choose = harness.gateway.click(MEMBER, message_id, "Choose")
+    (refusal,) = await harness.discord.wait_for_call("POST", f"/interactions/.*/{choose}/callback")
+    assert refusal.json["type"] == 4 and refusal.json["data"]["flags"] & EPHEMERAL
+    assert "don't have permission to use /steer" in refusal.json["data"]["content"]
+    assert labels_of(message) == before
+    assert await edits(harness) == {}
