@@ -54,7 +54,7 @@ from bench.common import describe_machine, format_table, machine_info, percentil
 API_PREFIX = "/api/inference/v1"
 STARTUP_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 600.0
-TARGETS = {"steered_nudge": 0.95, "steered_guard": 0.95, "features": 0.8, "concurrency": 3.0}
+TARGETS = {"steered_nudge": 0.95, "steered_guard": 0.95, "features": 0.85, "concurrency": 3.0}
 PROMPTS = (
     "Tell me about your day.",
     "Write a short poem about the sea at night.",

@@ -32,7 +32,7 @@ async def compute_features(body: schemas.FeaturesRequest, served: Served) -> Res
         served.catalog.check(include)
     prompt = served.prompt(body.messages, "read")
     rows = await served.runtime.inspect(prompt, plan, body.aggregate_by, include)
-    return Response(features_report(rows, served.catalog.describe), media_type=JSON)
+    return Response(features_report(rows, served.catalog.identify), media_type=JSON)
 
 
 @router.post("/chat-attribution/contrast")

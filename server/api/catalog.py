@@ -12,6 +12,10 @@ class Catalog:
         self.ids = FeatureIds(bundle.model_id, bundle.sae_id, d_sae)
         self.labels = bundle.labels
 
+    def identify(self, index: int) -> dict[str, Any]:
+        """A feature as compute-features names it: no label (clients fetch labels by id)."""
+        return {"id": str(self.ids.uuid_of(index)), "index_in_sae": index}
+
     def describe(self, index: int, id_key: str = "id") -> dict[str, Any]:
         return {
             id_key: str(self.ids.uuid_of(index)),

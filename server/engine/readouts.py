@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy
 import torch
 
 from server.engine.controller import EMPTY_PLAN, SteeringPlan
@@ -71,18 +72,27 @@ class Readouts:
         else:
             chosen = torch.tensor(sorted(set(include)), dtype=torch.long, device=features.device)
         # Each token's activations strongest first (ties in feature order): only the active
-        # ones, unless the features were asked for by name.
-        values, order = features[:, chosen].sort(dim=1, descending=True, stable=True)
-        named = [len(chosen)] * len(prompt)
-        shown = (values > 0).sum(dim=1).tolist() if include is None else named
-        width = max(shown, default=0)
-        rows = zip(chosen[order[:, :width]].tolist(), values[:, :width].tolist(), strict=True)
-        return [
-            TokenActivations(token, list(zip(indices[:count], row[:count], strict=True)))
-            for token, (indices, row), count in zip(
-                self._prompts.token_strings(prompt), rows, shown, strict=True
-            )
-        ]
+        # ones, unless the features were asked for by name. The [tokens, chosen] block is small,
+        # so it is sorted on the CPU in numpy (a few µs per operation, where torch takes tens)
+        # and copied out in one piece, not row by row.
+        block = features[:, chosen].float().cpu().numpy()
+        if not numpy.isfinite(block).all():
+            raise ValueError("an activation is not a finite number")
+        order = numpy.argsort(-block, axis=1, kind="stable")
+        values = numpy.take_along_axis(block, order, axis=1)
+        shown = (
+            (values > 0).sum(axis=1) if include is None else numpy.full(len(prompt), len(chosen))
+        )
+        counts = shown.tolist()
+        width = max(counts, default=0)
+        kept = numpy.arange(width) < shown[:, None]
+        found = chosen.cpu().numpy()[order[:, :width]][kept].tolist()
+        pairs = list(zip(found, values[:, :width][kept].tolist(), strict=True))
+        rows, start = [], 0
+        for token, count in zip(self._prompts.token_strings(prompt), counts, strict=True):
+            rows.append(TokenActivations(token, pairs[start : start + count]))
+            start += count
+        return rows
 
     def logits(
         self, prompt: list[int], plan: SteeringPlan, top_k: int, vocabulary: Sequence[str] | None

@@ -1,9 +1,10 @@
 """The streamed chat events and the compute-features report: their fast builders write exactly
-what the plain dict-and-json.dumps builders would."""
+what the plain dict-and-json.dumps builders would (the report: the same JSON values)."""
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncGenerator
 
 from server.api.chat_reply import ChatReply
@@ -45,6 +46,10 @@ def test_the_features_report_is_the_json_of_the_dicts() -> None:
         TokenActivations("<|start|>", []),
         TokenActivations(" cat", [(7, 2.5), (3, 0.1 + 0.2), (12, 1e-9)]),
         TokenActivations(' "ü"\n', [(3, 0.0), (7, -0.0)]),
+        TokenActivations(
+            "x", [(index, random.Random(index).uniform(0, 50)) for index in range(40)]
+        ),
+        TokenActivations("tiny", [(1, 5e-324), (2, 1.7976931348623157e308), (4, 1e16), (5, 123.0)]),
     ]
     as_dicts = {
         "tokens": [
@@ -59,5 +64,6 @@ def test_the_features_report_is_the_json_of_the_dicts() -> None:
         ]
     }
     report = features_report(rows, describe)
-    assert json.loads(report) == as_dicts
-    assert report == json.dumps(as_dicts, ensure_ascii=False, separators=(",", ":")).encode()
+    assert json.loads(report) == as_dicts  # every float parses back to exactly the same value
+    assert 'label \\"7\\" — ü'.encode() in report, "compact UTF-8, not ASCII escapes"
+    assert b": " not in report and b", " not in report

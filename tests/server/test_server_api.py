@@ -115,6 +115,30 @@ async def test_inspect_and_activations(client, model_id, tiny_bundle) -> None:
     assert not np.delete(matrix, planted.index_in_sae, axis=1).any()
 
 
+async def test_compute_features_names_features_as_the_hosted_api_did(
+    http, model_id, tiny_bundle
+) -> None:
+    """Attributions carry id, index_in_sae and activation_strength, strongest first; labels
+    come from the feature list route, as the SDK's inspector and the bot fetch them."""
+    conversation = [*HELLO, {"role": "assistant", "content": "Ahoy matey, arr!"}]
+    response = await http.post(
+        "/chat-attribution/compute-features", json={"model": model_id, "messages": conversation}
+    )
+    tokens = response.raise_for_status().json()["tokens"]
+    attributions = [item for token in tokens for item in token["attributions"]]
+    assert attributions, "the planted pirate feature fires on this reply"
+    for token in tokens:
+        strengths = [item["activation_strength"] for item in token["attributions"]]
+        assert strengths == sorted(strengths, reverse=True) and all(s > 0 for s in strengths)
+        for item in token["attributions"]:
+            assert set(item) == {"id", "index_in_sae", "activation_strength"}
+    by_id = {item["id"]: item["index_in_sae"] for item in attributions}
+    listed = await http.get("/features/", params={"feature_id": list(by_id)[:50]})
+    for feature in listed.raise_for_status().json()["features"]:
+        assert by_id[feature["id"]] == feature["index_in_sae"]
+        assert feature["label"] == tiny_bundle.labels.label(feature["index_in_sae"])
+
+
 async def test_neighbors_contrast_and_autosteer(client, model_id) -> None:
     planted = await planted_feature(client, model_id)
     neighbors = await client.features.neighbors(planted, model=model_id, top_k=4)
