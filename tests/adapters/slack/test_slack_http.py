@@ -347,8 +347,12 @@ async def test_redeliveries_bots_and_edits_are_ignored(start: Start, fake_ember:
         {"type": "message", **listened, "user": "U1ALICE", "text": "hi all", "ts": "9.0"}, "Ev11"
     )
 
-    first, second = await bot.final_reply(LISTENED, replies=2)
-    assert first.startswith("You said: U1ALICE: hello") and "hi all" in second
+    # Order is not asserted: the first turn finds out that this Slack has no streaming API and
+    # falls back to a new message, which may land under the second turn's placeholder.
+    replies = await bot.final_reply(LISTENED, replies=2)
+    assert len(replies) == 2
+    assert sum(reply.startswith("You said: U1ALICE: hello") for reply in replies) == 1
+    assert sum("You said: U1ALICE: hi all" in reply for reply in replies) == 1
     assert (await bot.final_reply("D1ALICE"))[0].startswith("You said: U1ALICE: hi in private")
     assert len(fake_ember.requests_to("/chat/completions")) == 3
     assert len(bot.slack.api_calls("chat.postMessage")) == 3
